@@ -1,0 +1,160 @@
+"""The DNS records a spec's domains must publish: one source of truth with the render.
+
+`records()` is pure and returns data; `to_zone()` and `to_json()` format it. The lab DNS server
+serves exactly these records, and `mailprov verify` checks them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from provisioner.errors import UsageError
+from provisioner.spec import Spec
+
+DEFAULT_TTL = 3600
+
+
+@dataclass(frozen=True)
+class Record:
+    """One resource record. `name` is an FQDN without the trailing dot; TXT values are unquoted text."""
+
+    name: str
+    type: str
+    value: str
+    ttl: int = DEFAULT_TTL
+
+    def zone_line(self) -> str:
+        """The record in zone-file syntax (long TXT split into 255-byte strings)."""
+        value = self.value
+        if self.type == "TXT":
+            value = " ".join(f'"{chunk}"' for chunk in split_txt(value))
+        elif self.type in ("MX", "PTR", "CNAME", "NS"):
+            value = value if value.endswith(".") else value + "."
+        return f"{self.name}.\t{self.ttl}\tIN\t{self.type}\t{value}"
+
+
+def split_txt(text: str, size: int = 255) -> list[str]:
+    """Split TXT text into character-strings of at most `size` bytes (RFC 1035 limit)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return [escaped[i : i + size] for i in range(0, len(escaped), size)] or [""]
+
+
+def reverse_name(address: str) -> str:
+    """The PTR owner name of an IPv4 or IPv6 address (without trailing dot)."""
+    return ipaddress.ip_address(address).reverse_pointer
+
+
+def dkim_public_key_b64(path: Path) -> str:
+    """The base64 key material for p= from a PEM public key or an existing 'v=DKIM1; ... p=...' text."""
+    text = path.read_text(encoding="utf-8")
+    if "p=" in text and "BEGIN" not in text:
+        match = re.search(r"p=([A-Za-z0-9+/=\s\"]+)", text)
+        if match:
+            return re.sub(r"[\s\"]", "", match.group(1))
+    body = "".join(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----")
+    )
+    try:
+        base64.b64decode(body, validate=True)
+    except ValueError:
+        raise UsageError(f"dkim.public_key: {path} is not a PEM public key or DKIM record") from None
+    return body
+
+
+def mta_sts_policy(spec: Spec) -> str:
+    """The MTA-STS policy file (served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt)."""
+    return f"version: STSv1\nmode: testing\nmx: {spec.hostname}\nmax_age: 86400\n"
+
+
+def mta_sts_id(spec: Spec) -> str:
+    """A policy id that changes exactly when the policy text changes."""
+    return hashlib.sha256(mta_sts_policy(spec).encode()).hexdigest()[:20]
+
+
+def records(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> list[Record]:
+    """Every record to publish for the spec; A/AAAA/PTR only when the server's addresses are given."""
+    for label, addr, version in (("--ip", ipv4, 4), ("--ipv6", ipv6, 6)):
+        if addr is not None:
+            try:
+                if ipaddress.ip_address(addr).version != version:
+                    raise ValueError
+            except ValueError:
+                raise UsageError(f"{label}: expected an IPv{version} address, got {addr!r}") from None
+    out: list[Record] = []
+    host = spec.hostname
+    if ipv4:
+        out.append(Record(host, "A", ipv4))
+    if ipv6:
+        out.append(Record(host, "AAAA", str(ipaddress.ip_address(ipv6))))
+    # The HELO name gets its own SPF so that bounces (empty MAIL FROM) are authorised too.
+    out.append(Record(host, "TXT", "v=spf1 a -all"))
+    dkim_key = dkim_public_key_b64(spec.dkim.public_key) if spec.dkim.public_key else None
+    for domain in spec.domain_names:
+        out.append(Record(domain, "MX", f"10 {host}"))
+        out.append(Record(domain, "TXT", "v=spf1 mx -all"))
+        rua = spec.dns.dmarc_rua or f"postmaster@{domain}"
+        out.append(
+            Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p={spec.dns.dmarc_policy}; rua=mailto:{rua}")
+        )
+        if dkim_key:
+            out.append(
+                Record(f"{spec.dkim.selector}._domainkey.{domain}", "TXT", f"v=DKIM1; k=rsa; p={dkim_key}")
+            )
+        out.append(Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={mta_sts_id(spec)}"))
+        tls_rua = spec.dns.tlsrpt_rua or f"postmaster@{domain}"
+        out.append(Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:{tls_rua}"))
+    if ipv4:
+        out.append(Record(reverse_name(ipv4), "PTR", host))
+    if ipv6:
+        out.append(Record(reverse_name(ipv6), "PTR", host))
+    return out
+
+
+def advice(spec: Spec, ipv4: str | None, ipv6: str | None) -> list[str]:
+    """Things to do that are not plain records in the domains' zones."""
+    notes = []
+    if not (ipv4 or ipv6):
+        notes.append(f"publish an A (and AAAA) record for {spec.hostname}: pass --ip ADDR to include it")
+    for addr in (ipv4, ipv6):
+        if addr:
+            notes.append(
+                f"ask the owner of {addr} (your provider) to set its PTR to {spec.hostname} "
+                "(forward-confirmed reverse DNS)"
+            )
+    if not spec.dkim.public_key:
+        notes.append(
+            f'DKIM: no key yet; publish {spec.dkim.selector}._domainkey.DOMAIN TXT "v=DKIM1; k=rsa; p=..." '
+            "once you have one (set dkim.public_key in mail.yml)"
+        )
+    notes.append(
+        "MTA-STS: serve this policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt: "
+        + mta_sts_policy(spec).replace("\n", "; ").rstrip("; ")
+    )
+    return notes
+
+
+def to_zone(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> str:
+    """Records as a zone-file snippet, with advice as comments."""
+    lines = [f"; DNS records for {', '.join(spec.domain_names)} (mail host {spec.hostname}) -- by mailprov"]
+    lines += [record.zone_line() for record in records(spec, ipv4, ipv6) if record.type != "PTR"]
+    ptrs = [record for record in records(spec, ipv4, ipv6) if record.type == "PTR"]
+    if ptrs:
+        lines.append("; reverse DNS, set by whoever owns the address block:")
+        lines += [record.zone_line() for record in ptrs]
+    lines += [f"; {note}" for note in advice(spec, ipv4, ipv6)]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> str:
+    """Records as JSON: {"records": [{name, type, value, ttl}], "advice": [...]}."""
+    payload = {
+        "records": [asdict(record) for record in records(spec, ipv4, ipv6)],
+        "advice": advice(spec, ipv4, ipv6),
+    }
+    return json.dumps(payload, indent=2) + "\n"

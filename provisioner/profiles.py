@@ -1,0 +1,149 @@
+"""OS profiles as data: everything that differs between EL9, EL10 and Debian 12.
+
+Templates and playbooks read these fields; nothing else branches on the OS. Facts are from
+the distributions' packaging (see shared/rhel.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from provisioner.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Facts about one OS family/version that the rendered files and the playbook depend on."""
+
+    name: str
+    title: str
+    family: str  # "RedHat" or "Debian": Ansible's ansible_os_family
+    major_versions: tuple[str, ...]  # ansible_distribution_major_version values
+    postfix_version: tuple[int, int]
+    dovecot_version: tuple[int, int]
+    packages: tuple[str, ...]
+    daemon_directory: str
+    map_type: str  # lookup table type for postmap: hash or lmdb
+    chroot: str  # master.cf chroot column: y or n
+    tls_cert: str  # where mailprov installs the server certificate (full chain)
+    tls_key: str
+    dovecot_group: str
+    firewalld_services: dict[int, str] = field(default_factory=dict)
+    #: SELinux-capable family: apply labels the mail store mail_spool_t.
+    selinux: bool = False
+    #: Dovecot ssl_cipher_list: PROFILE=SYSTEM follows the RHEL crypto policy; '' keeps Dovecot's default.
+    dovecot_cipher_list: str = ""
+    mta_alternative: str = ""
+
+    @property
+    def compatibility_level(self) -> str:
+        """Postfix compatibility_level matching the shipped version (3.6 introduced the new defaults)."""
+        return "3.6" if self.postfix_version >= (3, 6) else "2"
+
+    @property
+    def tls_protocols(self) -> str:
+        """TLS 1.2+ in the syntax this Postfix understands (`>=TLSv1.2` needs Postfix 3.6)."""
+        if self.postfix_version >= (3, 6):
+            return ">=TLSv1.2"
+        return "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1"
+
+    @property
+    def tls_dir(self) -> str:
+        """Directory of the certificate."""
+        return self.tls_cert.rsplit("/", 1)[0]
+
+    @property
+    def tls_key_dir(self) -> str:
+        """Directory of the private key."""
+        return self.tls_key.rsplit("/", 1)[0]
+
+
+_EL_FIREWALL = {
+    25: "smtp",
+    465: "smtps",
+    587: "smtp-submission",
+    110: "pop3",
+    995: "pop3s",
+    143: "imap",
+    993: "imaps",
+}
+
+PROFILES: dict[str, Profile] = {
+    "el9": Profile(
+        name="el9",
+        title="RHEL / AlmaLinux / Rocky Linux 9",
+        family="RedHat",
+        major_versions=("9",),
+        postfix_version=(3, 5),
+        dovecot_version=(2, 3),
+        packages=("postfix", "dovecot", "openssl"),
+        daemon_directory="/usr/libexec/postfix",
+        map_type="hash",
+        chroot="n",
+        tls_cert="/etc/pki/tls/certs/mailprov.pem",
+        tls_key="/etc/pki/tls/private/mailprov.key",
+        dovecot_group="dovecot",
+        firewalld_services=_EL_FIREWALL,
+        selinux=True,
+        dovecot_cipher_list="PROFILE=SYSTEM",
+        mta_alternative="/usr/sbin/sendmail.postfix",
+    ),
+    "el10": Profile(
+        name="el10",
+        title="RHEL / AlmaLinux / Rocky Linux 10",
+        family="RedHat",
+        major_versions=("10",),
+        postfix_version=(3, 8),
+        dovecot_version=(2, 3),
+        packages=("postfix", "postfix-lmdb", "dovecot", "openssl"),
+        daemon_directory="/usr/libexec/postfix",
+        map_type="lmdb",
+        chroot="n",
+        tls_cert="/etc/pki/tls/certs/mailprov.pem",
+        tls_key="/etc/pki/tls/private/mailprov.key",
+        dovecot_group="dovecot",
+        firewalld_services={**_EL_FIREWALL, 587: "submission"},
+        selinux=True,
+        dovecot_cipher_list="PROFILE=SYSTEM",
+        mta_alternative="/usr/sbin/sendmail.postfix",
+    ),
+    "debian12": Profile(
+        name="debian12",
+        title="Debian 12 (bookworm)",
+        family="Debian",
+        major_versions=("12",),
+        postfix_version=(3, 7),
+        dovecot_version=(2, 3),
+        packages=("postfix", "dovecot-core", "dovecot-imapd", "dovecot-pop3d", "dovecot-lmtpd", "openssl"),
+        daemon_directory="/usr/lib/postfix/sbin",
+        map_type="hash",
+        chroot="y",
+        tls_cert="/etc/ssl/certs/mailprov.pem",
+        tls_key="/etc/ssl/private/mailprov.key",
+        dovecot_group="dovecot",
+        # Debian 12's firewalld 1.3 has EL9's service names.
+        firewalld_services=_EL_FIREWALL,
+    ),
+}
+
+#: Accepted spellings of profile names.
+ALIASES = {"rhel9": "el9", "alma9": "el9", "rocky9": "el9", "rhel10": "el10", "bookworm": "debian12"}
+
+
+def get(name: str) -> Profile:
+    """Look up a profile by name (el9, el10, debian12, or an alias such as rhel9)."""
+    key = ALIASES.get(name.lower(), name.lower())
+    try:
+        return PROFILES[key]
+    except KeyError:
+        raise UsageError(
+            f"--os: unknown OS profile {name!r}; expected one of {', '.join(PROFILES)}"
+        ) from None
+
+
+def from_facts(os_family: str, major_version: str) -> Profile:
+    """Pick the profile for a host from Ansible facts (ansible_os_family, ansible_distribution_major_version)."""
+    for profile in PROFILES.values():
+        if profile.family == os_family and str(major_version) in profile.major_versions:
+            return profile
+    raise UsageError(f"unsupported OS: {os_family} {major_version}; supported: {', '.join(PROFILES)}")
