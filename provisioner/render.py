@@ -1,0 +1,246 @@
+"""Pure rendering: (spec, profile) -> {relative target path: file text}.
+
+No I/O besides reading templates; `write_tree()` and `check_tree()` are the separate steps that touch
+disk and run the real programs. What `render` returns is exactly what `apply` installs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from provisioner import TEMPLATES_DIR
+from provisioner.errors import RenderError
+from provisioner.profiles import Profile
+from provisioner.spec import Spec, format_size
+
+HEADER = "Managed by mailprov: local changes are overwritten on the next apply."
+VMAIL_USER = "vmail"
+VMAIL_UID = 5000
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """Ownership and mode a rendered file gets on the host."""
+
+    owner: str
+    group: str
+    mode: str
+
+
+#: Postfix lookup tables (sources) that need `postmap` with the profile's map type.
+POSTFIX_MAPS = ("etc/postfix/vdomains", "etc/postfix/vmailbox", "etc/postfix/virtual")
+
+
+def file_meta(path: str, profile: Profile) -> FileMeta:
+    """Owner, group and mode for a rendered path (the password file is not world-readable)."""
+    if path == "etc/dovecot/users":
+        return FileMeta("root", profile.dovecot_group, "0640")
+    return FileMeta("root", "root", "0644")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def template_names() -> list[str]:
+    """All templates, as paths relative to templates/ (ending in .j2)."""
+    return sorted(str(p.relative_to(TEMPLATES_DIR)) for p in TEMPLATES_DIR.rglob("*.j2") if p.is_file())
+
+
+def _dovecot_users(spec: Spec) -> list[str]:
+    lines = []
+    for box in spec.mailboxes:
+        extra = f"userdb_quota_rule=*:storage={format_size(box.quota)}" if box.quota else ""
+        lines.append(f"{box.address}:{box.password_hash}::::::{extra}")
+    return lines
+
+
+def context(spec: Spec, profile: Profile) -> dict[str, object]:
+    """Everything templates may use: the model, the profile, and a few derived constants."""
+    mynetworks = "127.0.0.0/8" + (" [::1]/128" if spec.network.ipv6 else "")
+    return {
+        "spec": spec,
+        "profile": profile,
+        "header": HEADER,
+        "vmail_user": VMAIL_USER,
+        "vmail_uid": VMAIL_UID,
+        "mynetworks": mynetworks,
+        "default_scheme": "SHA512-CRYPT",
+        "dovecot_users": _dovecot_users(spec),
+    }
+
+
+def render(spec: Spec, profile: Profile) -> dict[str, str]:
+    """Render every template for the spec and profile; keys mirror target paths (etc/postfix/main.cf)."""
+    env = _environment()
+    ctx = context(spec, profile)
+    out: dict[str, str] = {}
+    for name in template_names():
+        try:
+            out[name.removesuffix(".j2")] = env.get_template(name).render(ctx)
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"template {name}: {exc}") from exc
+    return out
+
+
+def tree_digest(files: dict[str, str]) -> str:
+    """A digest of the whole rendered tree (apply skips work when it is unchanged on the host)."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path].encode() + b"\0")
+    return h.hexdigest()
+
+
+def write_tree(files: dict[str, str], out_dir: Path) -> list[Path]:
+    """Write the rendered files below out_dir atomically per file; return the written paths."""
+    written = []
+    for rel, text in sorted(files.items()):
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one validation program run on a rendered tree."""
+
+    tool: str
+    ran: bool
+    ok: bool
+    output: str
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def check_tree(tree: Path, profile: Profile) -> list[CheckResult]:
+    """Validate a rendered tree with the real postconf/postfix/doveconf, where they are installed.
+
+    Paths that only exist on the target (daemon_directory, certificates) are pointed at stand-ins in a
+    scratch copy so that the programs judge the syntax and the values rather than this machine's layout.
+    """
+    results: list[CheckResult] = []
+    postconf = shutil.which("postconf") or (
+        "/usr/sbin/postconf" if Path("/usr/sbin/postconf").exists() else None
+    )
+    doveconf = shutil.which("doveconf") or (
+        "/usr/bin/doveconf" if Path("/usr/bin/doveconf").exists() else None
+    )
+    with tempfile.TemporaryDirectory(prefix="mailprov-check-") as scratch_name:
+        scratch = Path(scratch_name)
+        cert, key = _scratch_cert(scratch)
+        postfix_dir = tree / "etc/postfix"
+        if postconf is None:
+            results.append(CheckResult("postconf", False, False, "postconf not installed (Debian: postfix)"))
+        elif postfix_dir.is_dir():
+            results.append(_check_postfix(postconf, postfix_dir, scratch, cert, key, profile))
+        dovecot_conf = tree / "etc/dovecot/dovecot.conf"
+        if doveconf is None:
+            results.append(
+                CheckResult("doveconf", False, False, "doveconf not installed (Debian: dovecot-core)")
+            )
+        elif dovecot_conf.is_file():
+            results.append(_check_dovecot(doveconf, dovecot_conf, scratch, cert, key, profile))
+    return results
+
+
+def _scratch_cert(scratch: Path) -> tuple[Path, Path]:
+    from provisioner.tlsutil import self_signed
+
+    cert, key = scratch / "cert.pem", scratch / "key.pem"
+    cert_pem, key_pem = self_signed("check.invalid")
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    key.chmod(0o600)
+    return cert, key
+
+
+def _check_postfix(
+    postconf: str, src: Path, scratch: Path, cert: Path, key: Path, profile: Profile
+) -> CheckResult:
+    conf = scratch / "postfix"
+    shutil.copytree(src, conf)
+    main_cf = conf / "main.cf"
+    local_daemon_dir = _local_daemon_directory(postconf)
+    text = main_cf.read_text()
+    text = text.replace(profile.tls_cert, str(cert)).replace(profile.tls_key, str(key))
+    text = re.sub(r"^daemon_directory = .*$", f"daemon_directory = {local_daemon_dir}", text, flags=re.M)
+    # Lookup tables live in the scratch copy, not in /etc/postfix.
+    text = text.replace("/etc/postfix/", f"{conf}/").replace(":/etc/aliases", f":{conf}/aliases")
+    main_cf.write_text(text)
+    (conf / "aliases").write_text("postmaster: root\n")
+    outputs = []
+    ok = True
+    supported = _run([postconf, "-m"])[1].split()
+    if profile.map_type not in supported:
+        return CheckResult(
+            "postconf",
+            False,
+            False,
+            f"this Postfix lacks the {profile.map_type} table type (Debian: postfix-{profile.map_type})",
+        )
+    postmap = str(Path(postconf).with_name("postmap"))
+    for rel in (*POSTFIX_MAPS, "aliases"):
+        name = Path(rel).name
+        code, out = _run([postmap, "-c", str(conf), f"{profile.map_type}:{conf}/{name}"])
+        if code != 0:
+            ok = False
+            outputs.append(f"postmap {name}: {out}")
+    code, out = _run([postconf, "-c", str(conf), "-n"])
+    warnings = [line for line in out.splitlines() if "warning" in line or "fatal" in line]
+    if code != 0 or warnings:
+        ok = False
+        outputs.append("postconf -n: " + "; ".join(warnings or [out]))
+    code, out = _run([postconf, "-c", str(conf), "-M"])
+    if code != 0 or "warning" in out:
+        ok = False
+        outputs.append("postconf -M: " + out)
+    return CheckResult("postconf", True, ok, "\n".join(outputs) or "postconf -n and -M: no complaints")
+
+
+def _local_daemon_directory(postconf: str) -> str:
+    code, out = _run([postconf, "-h", "-d", "daemon_directory"])
+    return out.strip() if code == 0 and out.strip() else "/usr/lib/postfix/sbin"
+
+
+def _check_dovecot(
+    doveconf: str, src: Path, scratch: Path, cert: Path, key: Path, profile: Profile
+) -> CheckResult:
+    conf = scratch / "dovecot.conf"
+    text = src.read_text().replace(profile.tls_cert, str(cert)).replace(profile.tls_key, str(key))
+    conf.write_text(text)
+    code, out = _run([doveconf, "-n", "-c", str(conf)])
+    complaints = [
+        line
+        for line in out.splitlines()
+        if line.startswith(("doveconf: Warning", "doveconf: Fatal", "doveconf: Error"))
+    ]
+    ok = code == 0 and not complaints
+    return CheckResult(
+        "doveconf", True, ok, "\n".join(complaints) or ("doveconf -n: no complaints" if ok else out)
+    )

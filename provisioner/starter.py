@@ -1,0 +1,77 @@
+"""`mailprov init`: a commented starter mail.yml and an example inventory."""
+
+from __future__ import annotations
+
+from provisioner.spec import check_domain
+
+# The design example hash (of "example-only", SHA512-CRYPT); the starter file says to replace it.
+PLACEHOLDER_HASH = (
+    "{SHA512-CRYPT}$6$wS5qFv6gH6eWpZYc$CWN4Y.K75r8CcEwmbGrEYDoDjJpy0Yiyv6WgUWMchTaZjFub/"
+    "qVo33twQi9Dlk3mKe16jjf64k3/XAbldkurH0"
+)
+
+SPEC_TEMPLATE = """\
+# mail.yml -- the whole mail service for {domain}, read by mailprov.
+# Validate and look at the result:  mailprov render mail.yml --os el9 -o build/ --check
+# Records to publish in DNS:         mailprov dns mail.yml --ip SERVER_ADDRESS
+# Provision:                         mailprov apply mail.yml -i inventory.ini
+
+# The server's own name: what its banner says, what MX points to, what the certificate covers.
+hostname: {hostname}
+
+domains:
+  - name: {domain}
+    mailboxes:
+      # Password hashes only: make one with `mailprov hash-password`.
+      # This placeholder hashes "example-only": REPLACE IT before you apply.
+      - address: admin@{domain}
+        password_hash: "{hash}"
+        quota: 2G                # optional; sizes like 500M, 2G
+    aliases:
+      # alias -> list of targets (mailboxes, other aliases, or outside addresses)
+      postmaster@{domain}: [admin@{domain}]
+      abuse@{domain}: [admin@{domain}]
+    # catch_all: admin@{domain}  # mail to unknown addresses of the domain (invites spam; off by default)
+
+# Certificate: generated on the host (self-signed), or your own files (e.g. from your ACME client):
+#   tls: {{mode: files, cert: /path/fullchain.pem, key: /path/privkey.pem}}
+tls: {{mode: self-signed}}
+
+# Client submission: 587 with STARTTLS and 465 with implicit TLS; both require authentication.
+submission: {{starttls_587: true, implicit_tls_465: true}}
+imap: true                       # 143 (STARTTLS) and 993
+pop3: true                       # 110 (STARTTLS) and 995
+message_size_limit: 50M
+
+# Optional smarthost for all outgoing mail:
+# relay_host: {{host: smtp.provider.example, port: 587}}
+
+dkim: {{selector: mail}}         # add public_key: /path/mail.pub to publish your DKIM key
+dns: {{dmarc_policy: quarantine}} # or reject
+
+# Where the daemons listen: all, loopback-only, or a list of addresses.
+network: {{interfaces: all, ipv4: true, ipv6: false}}
+"""
+
+INVENTORY_TEMPLATE = """\
+# Ansible inventory for `mailprov apply mail.yml -i inventory.ini`.
+# Targets use their system Python; mailprov needs root (become) on them.
+[mail]
+{hostname} ansible_user=root ansible_python_interpreter=/usr/bin/python3
+
+# For a host reached through a sudo user instead:
+# {hostname} ansible_user=admin ansible_become=true ansible_python_interpreter=/usr/bin/python3
+"""
+
+
+def starter_spec(domain: str, hostname: str | None = None) -> str:
+    """The commented starter mail.yml for a domain."""
+    domain = check_domain(domain)
+    host = check_domain(hostname) if hostname else f"mail.{domain}"
+    return SPEC_TEMPLATE.format(domain=domain, hostname=host, hash=PLACEHOLDER_HASH)
+
+
+def starter_inventory(domain: str, hostname: str | None = None) -> str:
+    """The example inventory for a domain's mail host."""
+    host = check_domain(hostname) if hostname else f"mail.{check_domain(domain)}"
+    return INVENTORY_TEMPLATE.format(hostname=host)
