@@ -251,17 +251,25 @@ def cache_key(distro: str) -> str:
     return f"{distro}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
+def _which(tool: str) -> str | None:
+    # sudo and cron may drop /usr/sbin from PATH, where debootstrap and unbound live.
+    found = shutil.which(tool)
+    if found is None and Path("/usr/sbin", tool).exists():
+        found = str(Path("/usr/sbin", tool))
+    return found
+
+
 def check_prerequisites(
-    euid: Callable[[], int] = os.geteuid, which: Callable[[str], str | None] = shutil.which
+    euid: Callable[[], int] | None = None, which: Callable[[str], str | None] | None = None
 ) -> None:
     """Refuse (exit 2) unless running as root with the tools the lab needs installed."""
+    euid = euid or os.geteuid
+    which = which or _which
     if euid() != 0:
         raise UsageError(
             "mailprov lab needs root (it creates bridges, mounts and containers): run it with sudo"
         )
-    missing = [
-        tool for tool in REQUIRED_TOOLS if which(tool) is None and not Path("/usr/sbin", tool).exists()
-    ]
+    missing = [tool for tool in REQUIRED_TOOLS if which(tool) is None]
     if missing:
         packages = sorted({REQUIRED_TOOLS[tool] for tool in missing})
         raise UsageError(
@@ -631,14 +639,16 @@ class Lab:
             self._save(state)
         return self.status()
 
-    def dns_load(self, spec: Spec, host: str) -> None:
+    def dns_load(self, spec: Spec, host: str, extra: Iterable[Record] = ()) -> None:
         """Publish `mailprov dns` records for `spec` at `host`'s address (replacing its earlier load)."""
+        check_prerequisites(which=lambda tool: tool)  # root: it restarts the resolver on the bridge
         with self._lock():
             state = self._load()
             info = state["hosts"].get(host)
             if info is None:
                 raise UsageError(f"--host: unknown lab host {host!r} (lab hosts: {self._names(state)})")
-            records = dns_records(spec, ipv4=info["ip"])
+            # `extra`: records only known once a host is provisioned (e.g. a DKIM key generated there).
+            records = [*dns_records(spec, ipv4=info["ip"]), *extra]
             state["loads"][host] = [_record_to_dict(record) for record in records]
             self._save(state)
             if state.get("resolver"):
@@ -647,8 +657,7 @@ class Lab:
 
     def down(self) -> None:
         """Stop every host and the DNS server this lab started, unmount and remove copies and the bridge."""
-        if os.geteuid() != 0:
-            raise UsageError("mailprov lab needs root (it removes bridges, mounts and containers)")
+        check_prerequisites(which=lambda tool: tool)  # root only: tearing down needs no build tools
         if not self.dir.exists():
             return
         with self._lock(timeout=120):

@@ -1,0 +1,134 @@
+"""End to end: real booted lab hosts (systemd-nspawn), SSH, the lab resolver, and a clean `down`."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from provisioner import spec as spec_mod
+from provisioner.lab import Lab, pid_matches
+
+pytestmark = pytest.mark.e2e
+
+# Host names of this module only, so records it publishes never replace another test's.
+HOST1, HOST2 = "labt1", "labt2"
+HASH = (
+    "{SHA512-CRYPT}$6$wS5qFv6gH6eWpZYc$CWN4Y.K75r8CcEwmbGrEYDoDjJpy0Yiyv6WgUWMchTaZjFub/"
+    "qVo33twQi9Dlk3mKe16jjf64k3/XAbldkurH0"
+)
+
+
+@pytest.fixture(scope="module")
+def two_hosts(lab: Lab) -> dict:
+    """Two running lab hosts; returns the status dict."""
+    return lab.up([HOST1, HOST2])
+
+
+def _host(status: dict, name: str) -> dict:
+    return next(h for h in status["hosts"] if h["name"] == name)
+
+
+def test_both_hosts_answer_ssh_with_systemd_running(lab: Lab, two_hosts: dict) -> None:
+    for name in (HOST1, HOST2):
+        host = _host(two_hosts, name)
+        assert host["state"] == "running"
+        assert host["ssh_user"] == "root" and Path(host["ssh_key"]).is_file()
+        assert ipaddress.ip_address(host["ip"]) in ipaddress.ip_network(two_hosts["subnet"])
+        result = lab.run(name, "systemctl is-system-running --wait", timeout=90)
+        assert result.stdout.strip() in ("running", "degraded"), result.stdout + result.stderr
+        assert lab.run(name, "hostname").stdout.strip() == name
+    inventory = Path(two_hosts["inventory"]).read_text()
+    assert f"{HOST1} ansible_host={_host(two_hosts, HOST1)['ip']}" in inventory
+    assert "mailprov_apt_update_cache=false" in inventory
+
+
+def test_firewalld_runs_by_default(lab: Lab, two_hosts: dict) -> None:
+    assert lab.run(HOST1, "firewall-cmd --state").stdout.strip() == "running"
+
+
+def test_up_again_changes_nothing(lab: Lab, two_hosts: dict) -> None:
+    state_before = json.loads((lab.dir / "state.json").read_text())
+    inventory_mtime = lab.inventory_path.stat().st_mtime_ns
+    again = lab.up([HOST1, HOST2])
+    assert json.loads((lab.dir / "state.json").read_text()) == state_before
+    assert lab.inventory_path.stat().st_mtime_ns == inventory_mtime
+    assert {h["name"]: h["ip"] for h in again["hosts"]} == {h["name"]: h["ip"] for h in two_hosts["hosts"]}
+
+
+def test_host1_reaches_host2_on_tcp(lab: Lab, two_hosts: dict) -> None:
+    ip2 = _host(two_hosts, HOST2)["ip"]
+    result = lab.run(HOST1, f"timeout 5 bash -c 'exec 3<>/dev/tcp/{ip2}/22 && head -c 4 <&3'")
+    assert result.returncode == 0 and result.stdout == "SSH-", result.stderr
+
+
+def test_lab_resolver_answers_published_mx_and_ptr(lab: Lab, two_hosts: dict, tmp_path: Path) -> None:
+    spec_file = tmp_path / "mail.yml"
+    spec_file.write_text(
+        "hostname: mail.alpha.test\n"
+        "domains:\n"
+        "  - name: alpha.test\n"
+        "    mailboxes:\n"
+        "      - address: alice@alpha.test\n"
+        f'        password_hash: "{HASH}"\n'
+    )
+    lab.dns_load(spec_mod.load(spec_file), HOST2)
+    ip2 = _host(two_hosts, HOST2)["ip"]
+    resolver = two_hosts["resolver"]
+    # Through the host's own resolv.conf: it points at the lab resolver.
+    assert lab.run(HOST1, "dig +short MX alpha.test").stdout.strip() == "10 mail.alpha.test."
+    assert lab.run(HOST1, f"dig +short @{resolver} A mail.alpha.test").stdout.strip() == ip2
+    assert lab.run(HOST1, f"dig +short -x {ip2}").stdout.strip() == "mail.alpha.test."
+    dmarc = lab.run(HOST1, "dig +short TXT _dmarc.alpha.test").stdout
+    assert "v=DMARC1" in dmarc
+    # Anything outside the lab is refused, never looked up.
+    assert "status: REFUSED" in lab.run(HOST1, "dig +tries=1 +time=2 A example.com").stdout
+
+
+def test_published_records_survive_a_resolver_crash(lab: Lab, two_hosts: dict) -> None:
+    state = json.loads((lab.dir / "state.json").read_text())
+    assert any(r["type"] == "MX" for r in state["loads"].get(HOST2, [])), "run after the dns_load test"
+    os.kill(state["dns"]["pid"], signal.SIGKILL)
+    assert lab.status()["dns"] == "stopped"
+    assert lab.up([])["dns"] == "running"  # `up` restarts what is down, with the loaded records
+    assert lab.run(HOST1, "dig +short MX alpha.test").stdout.strip() == "10 mail.alpha.test."
+
+
+def test_second_lab_coexists_and_down_leaves_nothing(
+    lab: Lab, two_hosts: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = Lab(tmp_path_factory.mktemp("lab-other"))
+    try:
+        status = other.up(["solo"], firewall=False)
+        assert status["bridge"] != two_hosts["bridge"]
+        assert status["subnet"] != two_hosts["subnet"]
+        assert other.run("solo", "systemctl is-active firewalld").stdout.strip() != "active"
+        state = json.loads((other.dir / "state.json").read_text())
+        pids = [(h["pid"], h["pid_start"]) for h in state["hosts"].values()]
+        pids += [(h["init_pid"], h["init_start"]) for h in state["hosts"].values()]
+        pids.append((state["dns"]["pid"], state["dns"]["pid_start"]))
+        assert all(pid_matches(pid, start) for pid, start in pids)
+    finally:
+        other.down()
+    assert not any(pid_matches(pid, start) for pid, start in pids)
+    assert not Path(f"/sys/class/net/{status['bridge']}").exists()
+    assert not _processes_mentioning(str(other.dir))
+    assert not list((other.dir).glob("hosts/*"))
+    # The session lab is untouched.
+    assert lab.status()["hosts"] and all(h["state"] == "running" for h in lab.status()["hosts"])
+
+
+def _processes_mentioning(fragment: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if fragment in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
