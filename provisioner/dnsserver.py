@@ -6,6 +6,7 @@ It answers from `local-data` only: the root zone is refused, so it never sends a
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -184,9 +185,7 @@ class DnsServer:
                     break
             time.sleep(0.05)
         else:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc = None
         (self.workdir / "unbound.pid").unlink(missing_ok=True)

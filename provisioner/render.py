@@ -21,7 +21,7 @@ import jinja2
 from provisioner import TEMPLATES_DIR
 from provisioner.errors import RenderError
 from provisioner.profiles import Profile
-from provisioner.spec import Spec, format_size
+from provisioner.spec import Spec, format_size, paused_gc
 
 HEADER = "Managed by mailprov: local changes are overwritten on the next apply."
 VMAIL_USER = "vmail"
@@ -93,11 +93,12 @@ def render(spec: Spec, profile: Profile) -> dict[str, str]:
     env = _environment()
     ctx = context(spec, profile)
     out: dict[str, str] = {}
-    for name in template_names():
-        try:
-            out[name.removesuffix(".j2")] = env.get_template(name).render(ctx)
-        except jinja2.TemplateError as exc:
-            raise RenderError(f"template {name}: {exc}") from exc
+    with paused_gc():
+        for name in template_names():
+            try:
+                out[name.removesuffix(".j2")] = env.get_template(name).render(ctx)
+            except jinja2.TemplateError as exc:
+                raise RenderError(f"template {name}: {exc}") from exc
     return out
 
 
@@ -190,6 +191,8 @@ def _check_postfix(
     text = main_cf.read_text()
     text = text.replace(profile.tls_cert, str(cert)).replace(profile.tls_key, str(key))
     text = re.sub(r"^daemon_directory = .*$", f"daemon_directory = {local_daemon_dir}", text, flags=re.M)
+    # The target's addresses are not on this machine; Postfix would refuse to even read its tables.
+    text = re.sub(r"^inet_interfaces = .*$", "inet_interfaces = loopback-only", text, flags=re.M)
     # Lookup tables live in the scratch copy, not in /etc/postfix.
     text = text.replace("/etc/postfix/", f"{conf}/").replace(":/etc/aliases", f":{conf}/aliases")
     main_cf.write_text(text)

@@ -7,8 +7,11 @@ mail.yml when known, and the expected form.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +34,18 @@ HASH_SCHEMES = ("SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "ARGON2I", "ARGON2I
 _CRYPT_PREFIXES = {"$6$": "SHA512-CRYPT", "$5$": "SHA256-CRYPT", "$2y$": "BLF-CRYPT", "$2b$": "BLF-CRYPT"}
 _HASH_RE = re.compile(r"^\{([A-Z0-9.-]+)\}(\S+)$")
 _SELECTOR_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic GC while building large acyclic structures (keeps big specs linear in time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse_size(value: Any, field: str = "size") -> int:
@@ -618,18 +633,53 @@ def from_data(data: Any, source: str = "mail.yml") -> Spec:
         raise
 
 
-def loads(text: str, source: str = "mail.yml") -> Spec:
-    """Parse and validate mail.yml text."""
+#: Above this size the slow, position-keeping YAML parse for error line numbers is skipped.
+_LINE_LOOKUP_MAX = 2_000_000
+
+
+def _parse_fast(text: str) -> Any:
+    """Parse YAML quickly (Rust yaml-rs: YAML 1.2, duplicate keys refused); ruamel as the fallback."""
+    try:
+        import yaml_rs
+    except ImportError:  # pragma: no cover - yaml-rs is a dependency; keep working without it
+        return _parse_with_positions(text)
+    try:
+        return yaml_rs.loads(text, parse_datetime=False)
+    except yaml_rs.YAMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"line (\d+)", message)
+        reason = message.strip().splitlines()[-1].strip() if message.strip() else "invalid YAML"
+        if "duplicate" in message:
+            reason = message.splitlines()[0]
+        raise SpecError("", f"YAML syntax error: {reason}", int(match.group(1)) if match else None) from None
+
+
+def _parse_with_positions(text: str) -> Any:
+    """Parse YAML keeping node positions, for error messages with line numbers."""
     yaml = YAML(typ="rt")
     try:
-        data = yaml.load(text)
+        return yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise SpecError("", f"YAML syntax error: {exc.problem or exc.context}", line) from None
     except YAMLError as exc:
         raise SpecError("", f"YAML error: {exc}") from None
-    return from_data(data, source)
+
+
+def loads(text: str, source: str = "mail.yml") -> Spec:
+    """Parse and validate mail.yml text; on a validation error, find the offending line."""
+    try:
+        with paused_gc():
+            return from_data(_parse_fast(text), source)
+    except SpecError as exc:
+        if exc.line is not None or len(text) > _LINE_LOOKUP_MAX:
+            raise
+        try:
+            positioned = _parse_with_positions(text)
+            return from_data(positioned, source)
+        except SpecError as located:
+            raise located from None
 
 
 def load(path: str | Path) -> Spec:

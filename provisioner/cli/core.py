@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -15,7 +15,7 @@ from provisioner.errors import UsageError
 from provisioner.passwords import hash_password
 
 
-class DnsFormat(str, Enum):
+class DnsFormat(StrEnum):
     zone = "zone"
     json = "json"
 
