@@ -44,4 +44,4 @@ for _module in (core_cmds, lab_cmds, apply_cmds, verify_cmds):
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    app(prog_name="mailprov")

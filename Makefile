@@ -1,0 +1,37 @@
+# The two commands of the README (both as root on a fresh Debian 12 machine):
+#   make demo   - installs what mailprov needs, then runs the embedded default (lab + apply + verify)
+#   make test   - installs what the tests need, then runs lint and the whole test suite
+PYTHON ?= python3
+
+.PHONY: setup demo test lint unit integration e2e bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PYTHON) -m provisioner demo
+
+lint:
+	ruff check provisioner tests benchmarks
+	ruff format --check provisioner tests benchmarks
+	mypy provisioner
+	cd playbooks && ansible-lint --offline
+	vagrant validate
+
+test: setup lint
+	$(PYTHON) -m pytest -ra -v --timeout=1200 tests
+
+unit:
+	$(PYTHON) -m pytest -ra -q tests/unit
+
+integration:
+	$(PYTHON) -m pytest -ra -q tests/integration
+
+e2e:
+	$(PYTHON) -m pytest -ra -v tests/e2e
+
+bench:
+	$(PYTHON) benchmarks/render_scale.py
+	$(PYTHON) benchmarks/lab.py
+	$(PYTHON) benchmarks/apply.py
+	$(PYTHON) benchmarks/verify.py
