@@ -354,7 +354,7 @@ def container_init(nspawn_pid: int, timeout: float = 15) -> int:
                     os.readlink("/proc/self/ns/net")
                 ):
                     return kid
-        if proc_start_time(nspawn_pid) is None:
+        if proc_start_time(nspawn_pid) is None or _is_zombie(nspawn_pid):
             raise LabError("systemd-nspawn exited before the container started")
         time.sleep(0.05)
     raise LabError(f"the container of systemd-nspawn (pid {nspawn_pid}) did not start within {timeout:.0f}s")
@@ -929,10 +929,14 @@ class Lab:
             started.append(name)
         for name in started:
             info = state["hosts"][name]
-            init = container_init(info["pid"])
+            try:
+                init = container_init(info["pid"])
+            except LabError as exc:
+                raise LabError(f"{name}: {exc} (see {self._host_dir(name) / 'console.log'})") from None
             info["init_pid"], info["init_start"] = init, proc_start_time(init)
-            self._save(state)
             netns = ["nsenter", "-t", str(init), "-n"]
+            info["veth"] = _peer_name(_run([*netns, "ip", "-j", "link", "show", "host0"], timeout=20).stdout)
+            self._save(state)
             _run([*netns, "ip", "addr", "replace", f"{info['ip']}/24", "dev", "host0"], timeout=20)
             _run([*netns, "ip", "link", "set", "host0", "up"], timeout=20)
             _run([*netns, "ip", "route", "replace", "default", "via", resolver], timeout=20)
@@ -1009,6 +1013,47 @@ class Lab:
             root = self._host_dir(name) / "root"
             if _mounted(root):
                 _umount(root)
+        self._remove_stale_veths(state)
+
+    def _remove_stale_veths(self, state: dict[str, Any], timeout: float = 5) -> None:
+        """Wait for the veths of stopped hosts to go (the kernel frees them asynchronously), else delete them.
+
+        A host restarted while its old `vb-` interface lingers would fail to boot ("File exists").
+        Only `vb-` interfaces enslaved to this lab's own bridge and not used by a running host qualify.
+        """
+        brif = Path(f"/sys/class/net/{self.bridge}/brif")
+        live: set[str | None] = set()
+        for info in state["hosts"].values():
+            if self._host_running(info):
+                if not info.get("veth"):  # recorded by older versions only from now on: look it up
+                    netns = [
+                        "nsenter",
+                        "-t",
+                        str(info["init_pid"]),
+                        "-n",
+                        "ip",
+                        "-j",
+                        "link",
+                        "show",
+                        "host0",
+                    ]
+                    info["veth"] = _peer_name(_run(netns, timeout=20, check=False).stdout)
+                live.add(info.get("veth"))
+        if None in live:
+            return  # a running host whose veth is unknown: deleting anything could cut it off
+        deadline = time.monotonic() + timeout
+        while True:
+            stale = sorted(p.name for p in brif.glob("vb-*") if p.name not in live) if brif.exists() else []
+            if not stale:
+                break
+            if time.monotonic() > deadline:
+                for name in stale:
+                    _run(["ip", "link", "del", name], check=False)
+                break
+            time.sleep(0.1)
+        for info in state["hosts"].values():
+            if not self._host_running(info):
+                info.pop("veth", None)
 
     def _write_inventory(self, state: dict[str, Any]) -> None:
         hosts = sorted(
@@ -1037,6 +1082,19 @@ def _terminate(pid: int, grace: float = 5, first: signal.Signals | None = signal
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _peer_name(link_json: str) -> str | None:
+    """Host-side name of a container's veth, from `ip -j link show host0` run in the container."""
+    try:
+        index = json.loads(link_json)[0]["link_index"]
+    except (ValueError, LookupError, TypeError):
+        return None
+    for iface in Path("/sys/class/net").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if int((iface / "ifindex").read_text()) == index:
+                return iface.name
+    return None
 
 
 def _is_zombie(pid: int) -> bool:

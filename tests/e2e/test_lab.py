@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from provisioner import spec as spec_mod
+from provisioner.errors import UsageError
 from provisioner.lab import Lab, pid_matches
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +96,7 @@ def test_published_records_survive_a_resolver_crash(lab: Lab, two_hosts: dict) -
     state = json.loads((lab.dir / "state.json").read_text())
     assert any(r["type"] == "MX" for r in state["loads"].get(HOST2, [])), "run after the dns_load test"
     os.kill(state["dns"]["pid"], signal.SIGKILL)
+    _wait_gone([state["dns"]["pid"]])
     assert lab.status()["dns"] == "stopped"
     assert lab.up([])["dns"] == "running"  # `up` restarts what is down, with the loaded records
     assert lab.run(HOST1, "dig +short MX alpha.test").stdout.strip() == "10 mail.alpha.test."
@@ -132,3 +136,57 @@ def _processes_mentioning(fragment: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def test_taken_address_range_is_refused(
+    lab: Lab, two_hosts: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = Lab(tmp_path_factory.mktemp("lab-clash"))
+    try:
+        with pytest.raises(UsageError, match="is taken"):
+            other.up(["clash"], subnet=two_hosts["subnet"])
+        assert not Path(f"/sys/class/net/{other.bridge}").exists()
+    finally:
+        other.down()
+
+
+def test_recovers_from_a_crash(tmp_path_factory: pytest.TempPathFactory, lab: Lab) -> None:
+    crashed = Lab(tmp_path_factory.mktemp("lab-crash"))
+    try:
+        crashed.up(["crash1"])
+        state = json.loads((crashed.dir / "state.json").read_text())
+        info = state["hosts"]["crash1"]
+        # Processes die, the bridge and the overlay mount stay behind: the records are now stale.
+        for pid in (info["init_pid"], info["pid"], state["dns"]["pid"]):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone([info["pid"], state["dns"]["pid"]])
+        assert crashed.status()["hosts"][0]["state"] == "stopped"
+        again = crashed.up(["crash1"])
+        assert again["hosts"][0]["state"] == "running" and again["dns"] == "running"
+        assert crashed.run("crash1", "true").returncode == 0
+        # Records lost altogether: `down` still finds what this lab started, by its own paths and names.
+        (crashed.dir / "state.json").unlink()
+    finally:
+        crashed.down()
+    assert not _processes_mentioning(str(crashed.dir))
+    assert not Path(f"/sys/class/net/{crashed.bridge}").exists()
+    assert str(crashed.dir) not in Path("/proc/self/mountinfo").read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)  # our children when started from this process
+        if not any(_alive(pid) for pid in pids):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes {pids} still running")
