@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,33 @@ def test_lab_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 def test_unknown_host_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unknown lab host 'nope'"):
         lab.Lab(tmp_path).ssh_argv("nope")
+
+
+def _fake_build(calls: list[str], fail: bool = False):  # type: ignore[no-untyped-def]
+    def build(rootfs: Path, distro: str) -> None:
+        calls.append(distro)
+        (rootfs / "etc").mkdir(parents=True)
+        time.sleep(0.3)  # long enough for a concurrent caller to queue on the lock
+        if fail:
+            raise KeyboardInterrupt
+        (rootfs / "etc/os-release").write_text("ID=debian\n")
+
+    return build
+
+
+def test_base_image_is_built_once_under_the_lock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(lab, "build_base", _fake_build(calls))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        roots = list(pool.map(lambda _: lab.ensure_base("debian12", tmp_path), range(3)))
+    assert calls == ["debian12"]
+    assert len(set(roots)) == 1 and roots[0] == tmp_path / lab.cache_key("debian12") / "rootfs"
+    assert not list(tmp_path.glob(".build-*"))
+
+
+def test_interrupted_build_leaves_no_cache_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(lab, "build_base", _fake_build([], fail=True))
+    with pytest.raises(KeyboardInterrupt):
+        lab.ensure_base("debian12", tmp_path)
+    assert not (tmp_path / lab.cache_key("debian12")).exists()
+    assert not list(tmp_path.glob(".build-*"))
