@@ -755,9 +755,11 @@ class Lab:
             )
             if requested:
                 net = ipaddress.IPv4Network(requested)
-                clash = [str(other) for other in taken if other.prefixlen > 0 and other.overlaps(net)]
+                clash = sorted({other for other in taken if other.prefixlen > 0 and other.overlaps(net)})
                 if clash:
-                    raise UsageError(f"bridge address range {net} is taken (overlaps {', '.join(clash)})")
+                    # The widest overlapping network says the most (a route or interface subnet).
+                    widest = min(clash, key=lambda other: other.prefixlen)
+                    raise UsageError(f"bridge address range {net} is taken (overlaps {widest} in use here)")
             elif state.get("subnet") and not any(
                 other.prefixlen > 0 and other.overlaps(ipaddress.IPv4Network(state["subnet"]))
                 for other in taken
