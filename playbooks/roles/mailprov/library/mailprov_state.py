@@ -1,0 +1,158 @@
+#!/usr/bin/python3
+"""Ansible module: read, in one round trip, which parts of a mail host already match the plan."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mailprov_state
+short_description: Report which parts of a mail host already match the mailprov plan (read-only)
+description:
+  - Lets the play skip the tasks whose work is already done, so that a re-apply on an unchanged host costs
+    a handful of round trips. It changes nothing; every task it lets the play skip is itself idempotent.
+options:
+  packages:
+    description: Packages that must be installed.
+    type: list
+    elements: str
+    default: []
+  vmail_user:
+    description: Owner of the mail store.
+    type: str
+    default: vmail
+  vmail_uid:
+    description: Its uid and gid.
+    type: int
+    default: 5000
+  mail_root:
+    description: The mail store directory.
+    type: path
+    required: true
+  tls_cert:
+    description: Certificate path.
+    type: path
+    required: true
+  tls_key:
+    description: Private key path.
+    type: path
+    required: true
+  hostname:
+    description: Name the certificate must cover.
+    type: str
+    required: true
+  renew_days:
+    description: A certificate expiring within this many days is not good enough.
+    type: int
+    default: 30
+  services:
+    description: systemd units that must be enabled and active.
+    type: list
+    elements: str
+    default: [postfix, dovecot]
+  aliases_db:
+    description: The indexed aliases file that must exist.
+    type: path
+    default: /etc/aliases.db
+author: mailprov
+"""
+
+import grp
+import os
+import pwd
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def missing_packages(module: AnsibleModule, packages: list[str]) -> list[str]:
+    """Packages not installed, asked of dpkg or rpm (much cheaper than the apt/dnf modules)."""
+    if not packages:
+        return []
+    if module.get_bin_path("dpkg-query"):
+        rc, out, _ = module.run_command(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *packages])
+        installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
+    else:
+        rc, out, _ = module.run_command(["rpm", "-q", "--qf", "%{NAME}\n", *packages])
+        installed = {line.strip() for line in out.splitlines() if line.strip() and " " not in line.strip()}
+    return [p for p in packages if p not in installed]
+
+
+def vmail_ok(user: str, uid: int, mail_root: str) -> bool:
+    """The vmail user and group have the pinned ids and own the mail store (0750)."""
+    try:
+        pw = pwd.getpwnam(user)
+        gr = grp.getgrnam(user)
+        st = os.stat(mail_root)
+    except (KeyError, FileNotFoundError):
+        return False
+    return (
+        pw.pw_uid == uid
+        and gr.gr_gid == uid
+        and pw.pw_gid == uid
+        and stat.S_ISDIR(st.st_mode)
+        and st.st_uid == uid
+        and st.st_gid == uid
+        and stat.S_IMODE(st.st_mode) == 0o750
+    )
+
+
+def cert_ok(module: AnsibleModule, cert: str, key: str, hostname: str, renew_days: int) -> bool:
+    """The certificate and key exist, the certificate covers hostname and outlives renew_days."""
+    if not (os.path.isfile(key) and os.path.getsize(key) > 0 and os.path.isfile(cert)):
+        return False
+    if not module.get_bin_path("openssl"):
+        return False
+    # Two runs: openssl stops after -checkend and would never answer -checkhost.
+    rc, _, _ = module.run_command(["openssl", "x509", "-in", cert, "-noout", "-checkend", str(renew_days * 86400)])
+    if rc != 0:
+        return False
+    rc, out, _ = module.run_command(["openssl", "x509", "-in", cert, "-noout", "-checkhost", hostname])
+    return rc == 0 and "does match" in out
+
+
+def services_state(module: AnsibleModule, units: list[str]) -> dict[str, dict[str, str]]:
+    """Each unit's is-active and is-enabled answers."""
+    if not module.get_bin_path("systemctl"):
+        return {u: {"active": "unknown", "enabled": "unknown"} for u in units}
+    _, active, _ = module.run_command(["systemctl", "is-active", *units])
+    _, enabled, _ = module.run_command(["systemctl", "is-enabled", *units])
+    act, ena = active.split(), enabled.split()
+    return {
+        u: {"active": act[i] if i < len(act) else "unknown", "enabled": ena[i] if i < len(ena) else "unknown"}
+        for i, u in enumerate(units)
+    }
+
+
+def main() -> None:
+    """Module entry point."""
+    module = AnsibleModule(
+        argument_spec={
+            "packages": {"type": "list", "elements": "str", "default": []},
+            "vmail_user": {"type": "str", "default": "vmail"},
+            "vmail_uid": {"type": "int", "default": 5000},
+            "mail_root": {"type": "path", "required": True},
+            "tls_cert": {"type": "path", "required": True},
+            "tls_key": {"type": "path", "required": True},
+            "hostname": {"type": "str", "required": True},
+            "renew_days": {"type": "int", "default": 30},
+            "services": {"type": "list", "elements": "str", "default": ["postfix", "dovecot"]},
+            "aliases_db": {"type": "path", "default": "/etc/aliases.db"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    missing = missing_packages(module, p["packages"])
+    services = services_state(module, p["services"])
+    module.exit_json(
+        changed=False,
+        packages_missing=missing,
+        vmail_ok=vmail_ok(p["vmail_user"], p["vmail_uid"], p["mail_root"]),
+        cert_ok=cert_ok(module, p["tls_cert"], p["tls_key"], p["hostname"], p["renew_days"]),
+        services=services,
+        services_ok=all(s["active"] == "active" and s["enabled"] == "enabled" for s in services.values()),
+        aliases_ok=os.path.exists(p["aliases_db"]),
+    )
+
+
+if __name__ == "__main__":
+    main()
