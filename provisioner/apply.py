@@ -43,6 +43,9 @@ PORT_KINDS = {25: "smtp", 587: "smtp", 465: "tls", 143: "imap", 993: "tls", 110:
 #: Sockets Dovecot creates for Postfix (LMTP delivery, SASL).
 SOCKETS = ("/var/spool/postfix/private/dovecot-lmtp", "/var/spool/postfix/private/auth")
 
+#: mailprov's own bookkeeping on the host (the applied-state record), not configuration.
+RECORD_DIRS = ("/etc/mailprov/",)
+
 Transform = Callable[[dict[str, str]], dict[str, str]]
 
 
@@ -313,6 +316,8 @@ class Recap:
         if kind == "result":
             recap = self.host(event["host"])
             for path in event.get("files", []):
+                if path.startswith(RECORD_DIRS):
+                    continue
                 if event.get("status") == "changed" and path not in recap.files_changed:
                     recap.files_changed.append(path)
             if event.get("status") in ("failed", "unreachable") and not event.get("ignored"):

@@ -76,7 +76,11 @@ class CallbackModule(CallbackBase):
             value = res.get(key)
             if isinstance(value, list):
                 files += [str(v) for v in value]
-        if status == "changed" and result._task.action in ("ansible.builtin.copy", "copy") and res.get("dest"):
+        if (
+            status == "changed"
+            and result._task.action in ("ansible.builtin.copy", "copy")
+            and res.get("dest")
+        ):
             files.append(str(res["dest"]))
         if files:
             event["files"] = files

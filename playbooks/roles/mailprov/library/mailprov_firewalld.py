@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: mailprov_firewalld
@@ -34,8 +36,6 @@ options:
     default: false
 author: mailprov
 """
-
-from ansible.module_utils.basic import AnsibleModule
 
 
 def plan(current: list[str], wanted: list[str], managed: list[str]) -> tuple[list[str], list[str]]:
@@ -123,14 +123,14 @@ def main() -> None:
     report = {}
     changed = False
     for name, base in tools:
-        rc, out, err = module.run_command(base + [f"--zone={zone}", "--list-services"])
+        rc, out, err = module.run_command([*base, f"--zone={zone}", "--list-services"])
         if rc != 0:
             module.fail_json(msg=f"firewall-cmd ({name}) --list-services: {(err or out).strip()}")
         add, remove = plan(out.split(), wanted, params["managed"])
         report[name] = {"added": add, "removed": remove}
         if (add or remove) and not module.check_mode:
             args = [f"--add-service={s}" for s in add] + [f"--remove-service={s}" for s in remove]
-            rc, out, err = module.run_command(base + [f"--zone={zone}"] + args)
+            rc, out, err = module.run_command([*base, f"--zone={zone}", *args])
             if rc != 0:
                 module.fail_json(msg=f"firewall-cmd ({name}) {' '.join(args)}: {(err or out).strip()}")
         changed |= bool(add or remove)

@@ -3,6 +3,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
+import stat
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: mailprov_probe
@@ -32,14 +40,6 @@ options:
     default: 20
 author: mailprov
 """
-
-import os
-import socket
-import ssl
-import stat
-import time
-
-from ansible.module_utils.basic import AnsibleModule
 
 GREETING = {"smtp": b"220", "imap": b"* OK", "pop3": b"+OK"}
 

@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: mailprov_state
@@ -56,23 +63,18 @@ options:
 author: mailprov
 """
 
-import grp
-import os
-import pwd
-import stat
-
-from ansible.module_utils.basic import AnsibleModule
-
 
 def missing_packages(module: AnsibleModule, packages: list[str]) -> list[str]:
     """Packages not installed, asked of dpkg or rpm (much cheaper than the apt/dnf modules)."""
     if not packages:
         return []
     if module.get_bin_path("dpkg-query"):
-        rc, out, _ = module.run_command(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *packages])
+        _, out, _ = module.run_command(
+            ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *packages]
+        )
         installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
     else:
-        rc, out, _ = module.run_command(["rpm", "-q", "--qf", "%{NAME}\n", *packages])
+        _, out, _ = module.run_command(["rpm", "-q", "--qf", "%{NAME}\n", *packages])
         installed = {line.strip() for line in out.splitlines() if line.strip() and " " not in line.strip()}
     return [p for p in packages if p not in installed]
 
@@ -103,7 +105,9 @@ def cert_ok(module: AnsibleModule, cert: str, key: str, hostname: str, renew_day
     if not module.get_bin_path("openssl"):
         return False
     # Two runs: openssl stops after -checkend and would never answer -checkhost.
-    rc, _, _ = module.run_command(["openssl", "x509", "-in", cert, "-noout", "-checkend", str(renew_days * 86400)])
+    rc, _, _ = module.run_command(
+        ["openssl", "x509", "-in", cert, "-noout", "-checkend", str(renew_days * 86400)]
+    )
     if rc != 0:
         return False
     rc, out, _ = module.run_command(["openssl", "x509", "-in", cert, "-noout", "-checkhost", hostname])

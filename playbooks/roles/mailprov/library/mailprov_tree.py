@@ -3,6 +3,17 @@
 
 from __future__ import annotations
 
+import grp
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: mailprov_tree
@@ -56,18 +67,6 @@ options:
     default: 20
 author: mailprov
 """
-
-import difflib
-import grp
-import json
-import os
-import pwd
-import shutil
-import stat
-import subprocess
-import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
 
 MANIFEST = ".mailprov-manifest.json"
 BACKUP_MANIFEST = "manifest.json"
@@ -293,7 +292,9 @@ def staged(module: AnsibleModule) -> dict:
     for entry in entries:
         target = stage + entry["path"]
         _write(target, entry["content"], entry)
-        manifest.append({k: entry[k] for k in ("path", "owner", "group", "mode")} | {"secret": entry.get("secret", False)})
+        manifest.append(
+            {k: entry[k] for k in ("path", "owner", "group", "mode")} | {"secret": entry.get("secret", False)}
+        )
     with open(os.path.join(stage, MANIFEST), "w", encoding="utf-8") as handle:
         json.dump({"files": manifest, "maps": params["maps"] or [], "map_type": map_type}, handle, indent=1)
     return result
@@ -333,7 +334,9 @@ def active(module: AnsibleModule) -> dict:
             module.fail_json(msg=f"{path}: missing from the stage {stage}")
         if old != new or _meta_differs(path, entry):
             todo.append((entry, old, new))
-    rebuild = sorted({e["path"] for e, _, _ in todo if e["path"] in maps} | {m for m in maps if _map_stale(m, map_type)})
+    rebuild = sorted(
+        {e["path"] for e, _, _ in todo if e["path"] in maps} | {m for m in maps if _map_stale(m, map_type)}
+    )
     result: dict = {"changed": False, "changed_files": [], "backup_dir": None, "diff": []}
     content_changed: dict[str, tuple[str | None, str]] = {}
     if todo or rebuild:
