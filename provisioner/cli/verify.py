@@ -1,9 +1,195 @@
-"""CLI commands for verify (placeholder until the verify work lands)."""
+"""`mailprov verify`: check a mail server from outside (DNS, SMTP, TLS, IMAP/POP3) and inside (testinfra)."""
 
 from __future__ import annotations
 
+import ipaddress
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from provisioner.cli.common import handle_errors
+from provisioner.errors import UsageError
+from provisioner.spec import check_address, check_domain
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+    junit = "junit"
+
+
+def parse_resolver(value: str) -> tuple[str, int]:
+    """'IP', 'IP:PORT', '[IPv6]:PORT' or a bare IPv6 address -> (address, port)."""
+    text = value.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"--resolver: expected IP[:PORT] such as 192.0.2.53 or 127.0.0.1:5353, got {value!r}"
+        ) from None
+    return address, number
+
+
+def parse_ssh(value: str) -> tuple[str, str, int | None]:
+    """'USER@HOST[:PORT]' -> (user, host, port)."""
+    user, at, rest = value.rpartition("@")
+    if not at or not user or not rest:
+        raise UsageError(f"--ssh: expected USER@HOST[:PORT] such as root@mail.example.org, got {value!r}")
+    host, port = rest, None
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else None
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    try:
+        number = int(port) if port is not None else None
+    except ValueError:
+        raise UsageError(f"--ssh: port must be a number, got {port!r}") from None
+    return user, host, number
+
+
+def _target(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        pass
+    try:
+        return check_domain(value)
+    except ValueError:
+        raise UsageError(f"TARGET: expected a host name or IP address, got {value!r}") from None
+
+
+def testinfra_host(
+    ssh: str | None, ssh_key: Path | None, ssh_config: Path | None, local: bool, timeout: float
+) -> Any:
+    """A pytest-testinfra host for --ssh/--local (None without either)."""
+    if ssh and local:
+        raise UsageError("--ssh and --local exclude each other: check a remote host or this one")
+    if (ssh_key or ssh_config) and not ssh:
+        raise UsageError("--ssh-key/--ssh-config: only used with --ssh USER@HOST")
+    if not ssh and not local:
+        return None
+    import testinfra
+
+    if local:
+        return testinfra.get_host("local://")
+    assert ssh is not None
+    user, host, port = parse_ssh(ssh)
+    spec = f"ssh://{user}@{host}" + (f":{port}" if port else "")
+    kwargs: dict[str, Any] = {"timeout": max(1, int(timeout)), "ssh_extra_args": "-o BatchMode=yes"}
+    if ssh_key is not None:
+        kwargs["ssh_identity_file"] = str(ssh_key)
+    if ssh_config is not None:
+        kwargs["ssh_config"] = str(ssh_config)
+    return testinfra.get_host(spec, **kwargs)
+
+
+@handle_errors
+def verify_cmd(
+    target: str = typer.Argument(
+        ..., help="The mail host: a name (resolved with --resolver) or an IP address."
+    ),
+    spec_file: Path = typer.Option(
+        None, "--spec", exists=True, dir_okay=False, help="mail.yml: what to expect (domains, ports, users)."
+    ),
+    domain: list[str] = typer.Option(
+        [], "--domain", help="Mail domain to check (repeatable; default: spec/inferred)."
+    ),
+    resolver: str = typer.Option(None, "--resolver", help="DNS server IP[:PORT] (default: the system's)."),
+    ca: Path = typer.Option(
+        None, "--ca", exists=True, dir_okay=False, help="Extra CA certificate(s) to trust (PEM)."
+    ),
+    user: str = typer.Option(None, "--user", help="Test mailbox address for the login and roundtrip checks."),
+    password_file: Path = typer.Option(
+        None, "--password-file", exists=True, dir_okay=False, help="File holding the --user password."
+    ),
+    ssh: str = typer.Option(None, "--ssh", help="Host checks over SSH: USER@HOST[:PORT]."),
+    ssh_key: Path = typer.Option(
+        None, "--ssh-key", exists=True, dir_okay=False, help="SSH private key for --ssh."
+    ),
+    ssh_config: Path = typer.Option(
+        None, "--ssh-config", exists=True, dir_okay=False, help="ssh_config for --ssh."
+    ),
+    local: bool = typer.Option(False, "--local", help="Host checks on this machine instead of over SSH."),
+    only: str = typer.Option(None, "--only", help="Comma list of check ids or prefixes: dns.spf,smtp.*,tls"),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="Report format."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Write the report here (the table still prints)."
+    ),
+    timeout: float = typer.Option(
+        10.0, "--timeout", help="Seconds per check (network waits inside it are shorter)."
+    ),
+) -> None:
+    """Check a mail server: DNS, SMTP, TLS, IMAP/POP3 from outside; packages, services, config with --ssh.
+
+    Exit 0 when no check failed (warnings allowed), 1 when one did, 2 for bad usage.
+    Example: mailprov verify mail.example.org --spec mail.yml --resolver 192.0.2.53 --format junit -o verify.xml
+    """
+    from provisioner import spec as spec_mod
+    from provisioner.checks import Options, select, verify
+    from provisioner.checks.report import print_table, render_report
+
+    if timeout <= 0:
+        raise UsageError(f"--timeout: expected a positive number of seconds, got {timeout:g}")
+    if bool(user) != bool(password_file):
+        raise UsageError("--user and --password-file: give both (test credentials) or neither")
+    patterns = [p for p in (only or "").split(",") if p.strip()]
+    if only is not None and not patterns:
+        raise UsageError("--only: expected a comma list of check ids such as dns.spf,smtp.*")
+    for pattern in patterns:
+        try:
+            select([pattern])
+        except ValueError:
+            raise UsageError(f"--only: no check matches {pattern!r} (see the catalog in the docs)") from None
+    try:
+        domains = [check_domain(d) for d in domain]
+    except ValueError as exc:
+        raise UsageError(f"--domain: {exc}") from None
+    password = None
+    if user:
+        try:
+            user = check_address(user)
+        except ValueError as exc:
+            raise UsageError(f"--user: {exc}") from None
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        if not password:
+            raise UsageError(f"--password-file: {password_file} is empty")
+    options = Options(
+        target=_target(target),
+        spec=spec_mod.load(spec_file) if spec_file else None,
+        domains=domains,
+        resolver=parse_resolver(resolver) if resolver else None,
+        ca=ca,
+        user=user,
+        password=password,
+        host=testinfra_host(ssh, ssh_key, ssh_config, local, timeout),
+        timeout=timeout,
+    )
+    report = verify(options, patterns or None)
+    if output is not None:
+        output.write_text(render_report(report, fmt.value), encoding="utf-8")
+        print_table(report)
+        print(f"report written to {output}", file=sys.stderr)
+    elif fmt is ReportFormat.table:
+        print_table(report)
+    else:
+        sys.stdout.write(render_report(report, fmt.value))
+    raise typer.Exit(1 if report.failed else 0)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
+    app.command("verify")(verify_cmd)

@@ -1,0 +1,601 @@
+"""What the checks share: the options, the resolver, and network probes done once per target.
+
+`Context` memoises its lookups and probes per key behind a lock, so when twenty checks ask for the
+certificate on port 465 at once, one TLS handshake happens and the others wait for its result (or its
+exception). All socket and DNS operations use `io_timeout`, a little below the per-check timeout, so a
+silent port or a dead resolver produces a clear reason before the runner's own deadline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import smtplib
+import socket
+import ssl
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+from provisioner.checks.base import Skip
+from provisioner.checks.parsers import LookupFailed, banner_name, parse_ehlo, parse_mx, text_of
+from provisioner.spec import Spec
+
+T = TypeVar("T")
+
+SMTP_PORTS = (25, 587, 465)
+IMAP_PORTS = (143, 993)
+POP3_PORTS = (110, 995)
+#: Ports whose TLS the tls.* checks examine: 25 and 587 via STARTTLS, the others implicit TLS.
+TLS_PORTS = (25, 587, 465, 993, 995)
+STARTTLS_PORTS = (25, 587)
+# Verify's own EHLO name is the client's address literal: valid everywhere, needs no DNS.
+_NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: chain trust is judged apart from expiry
+
+
+@dataclass
+class Options:
+    """What the user gave `mailprov verify`."""
+
+    target: str
+    spec: Spec | None = None
+    domains: list[str] = field(default_factory=list)
+    resolver: tuple[str, int] | None = None
+    ca: Path | None = None
+    user: str | None = None
+    password: str | None = None
+    host: Any = None  # a testinfra host (SSH or local), or None
+    timeout: float = 10.0
+
+
+class _Cell:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+@dataclass
+class TlsInfo:
+    """The outcome of one TLS handshake on a port."""
+
+    port: int
+    version: str = ""
+    cipher: str = ""
+    der: bytes = b""
+    #: None when the chain verified against the trust store (time not considered), else OpenSSL's reason.
+    verify_error: str | None = None
+
+
+@dataclass
+class SmtpProbe:
+    """One SMTP session on a port: greeting, EHLO before and after TLS, the TLS handshake."""
+
+    port: int
+    address: str = ""
+    tcp: bool = False
+    error: str | None = None
+    banner_code: int = 0
+    banner: str = ""
+    ehlo_code: int = 0
+    caps: dict[str, str] = field(default_factory=dict)
+    starttls_error: str | None = None
+    tls: TlsInfo | None = None
+    caps_tls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def banner_name(self) -> str:
+        """The host name in the greeting."""
+        return banner_name(self.banner)
+
+
+@dataclass
+class MailboxProbe:
+    """The greeting and capabilities of an IMAP or POP3 port (after TLS on 993/995)."""
+
+    port: int
+    greeting: str = ""
+    caps: list[str] = field(default_factory=list)
+    tls: TlsInfo | None = None
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a network exception."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        # smtplib reports a read timeout as a disconnect ("Connection unexpectedly closed: timed out").
+        return "timed out" if "timed out" in str(exc) else "server closed the connection"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{exc.smtp_code} {text_of(exc.smtp_error)}"
+    if isinstance(exc, socket.gaierror):
+        return f"name resolution failed: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def client_context(
+    verify: bool = False, cafile: Path | None = None, version: ssl.TLSVersion | None = None
+) -> ssl.SSLContext:
+    """A client TLS context: verifying (chain only) or accepting anything; optionally pinned to one version."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    if verify:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_default_certs()
+        if cafile is not None:
+            ctx.load_verify_locations(cafile=str(cafile))
+        ctx.verify_flags |= _NO_CHECK_TIME  # type: ignore[assignment]
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if version is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = version
+            ctx.maximum_version = version
+        if version < ssl.TLSVersion.TLSv1_2:
+            # OpenSSL 3 refuses TLS 1.0/1.1 at the default security level; probing needs level 0.
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib.SMTP that records whether the TCP connection itself succeeded."""
+
+    tcp_connected = False
+    implicit_context: ssl.SSLContext | None = None
+    sni: str | None = None
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout)
+        self.tcp_connected = True
+        if self.implicit_context is not None:
+            sock = self.implicit_context.wrap_socket(sock, server_hostname=self.sni)
+        return sock
+
+
+def tls_info(sock: ssl.SSLSocket, port: int) -> TlsInfo:
+    """Facts of an established TLS socket."""
+    cipher = sock.cipher()
+    return TlsInfo(
+        port=port,
+        version=sock.version() or "",
+        cipher=cipher[0] if cipher else "",
+        der=sock.getpeercert(binary_form=True) or b"",
+    )
+
+
+class Context:
+    """Options plus memoised DNS answers and network probes, shared by all checks of one run."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.spec = options.spec
+        self.timeout = options.timeout
+        self.io_timeout = max(0.5, options.timeout * 0.8)
+        self._cells: dict[Any, _Cell] = {}
+        self._cells_lock = threading.Lock()
+        self.token = secrets.token_hex(6)
+        #: Ids of the checks in this run (set by the runner), for work shared between checks.
+        self.selected: set[str] = set()
+        #: Set once smtp.roundtrip has logged in, so wrong-password attempts come after it.
+        self.roundtrip_logged_in = threading.Event()
+
+    # ---- memo -------------------------------------------------------------------------------------
+
+    def memo(self, key: Any, fn: Callable[[], T]) -> T:
+        """Compute fn() once per key (thread-safe); later callers get the value or the same exception."""
+        with self._cells_lock:
+            cell = self._cells.setdefault(key, _Cell())
+        with cell.lock:
+            if not cell.done:
+                try:
+                    cell.value = fn()
+                except BaseException as exc:
+                    cell.error = exc
+                cell.done = True
+        if cell.error is not None:
+            raise cell.error
+        return cell.value  # type: ignore[no-any-return]
+
+    # ---- what the user gave -----------------------------------------------------------------------
+
+    @property
+    def host(self) -> Any:
+        """The testinfra host, or None."""
+        return self.options.host
+
+    @property
+    def has_creds(self) -> bool:
+        """Whether test credentials were given."""
+        return bool(self.options.user and self.options.password)
+
+    @property
+    def target_is_ip(self) -> bool:
+        """Whether TARGET is an IP address."""
+        try:
+            ipaddress.ip_address(self.options.target)
+            return True
+        except ValueError:
+            return False
+
+    def port_expected(self, port: int) -> bool | None:
+        """Whether the spec serves the port (None without a spec; 25 is always expected)."""
+        if self.spec is not None:
+            return self.spec.ports.get(port, False)
+        return True if port == 25 else None
+
+    # ---- DNS ------------------------------------------------------------------------------------
+
+    @property
+    def resolver(self) -> dns.resolver.Resolver:
+        """The dnspython resolver: --resolver, else the system's configuration."""
+
+        def make() -> dns.resolver.Resolver:
+            if self.options.resolver is not None:
+                resolver = dns.resolver.Resolver(configure=False)
+                resolver.nameservers = [self.options.resolver[0]]
+                resolver.port = self.options.resolver[1]
+            else:
+                resolver = dns.resolver.Resolver()
+            resolver.timeout = self.io_timeout
+            resolver.lifetime = self.io_timeout
+            resolver.cache = None
+            return resolver
+
+        return self.memo("resolver", make)
+
+    @property
+    def resolver_name(self) -> str:
+        """How to name the resolver in reasons."""
+        if self.options.resolver:
+            addr, port = self.options.resolver
+            return f"{addr}:{port}" if port != 53 else addr
+        return "the system resolver"
+
+    def lookup(self, name: str, rdtype: str) -> list[str] | None:
+        """Record texts for name/rdtype (TXT joined, names without trailing dot); None when none exist.
+
+        Raises LookupFailed when the resolver does not answer or answers with an error.
+        """
+        key = ("dns", name.lower().rstrip("."), rdtype)
+        return self.memo(key, lambda: self._lookup(name, rdtype))
+
+    def _lookup(self, name: str, rdtype: str) -> list[str] | None:
+        try:
+            answer = self.resolver.resolve(
+                dns.name.from_text(name), rdtype, search=False, raise_on_no_answer=False
+            )
+        except dns.resolver.NXDOMAIN:
+            return None
+        except dns.resolver.LifetimeTimeout:
+            raise LookupFailed(
+                f"{self.resolver_name} did not answer for {name} {rdtype} within {self.io_timeout:g}s"
+            ) from None
+        except dns.resolver.NoNameservers as exc:
+            raise LookupFailed(f"{self.resolver_name} failed for {name} {rdtype}: {exc}") from None
+        except dns.exception.DNSException as exc:
+            raise LookupFailed(f"lookup of {name} {rdtype} failed: {exc}") from None
+        if answer.rrset is None:
+            return None
+        out = []
+        for rr in answer.rrset:
+            if rr.rdtype == dns.rdatatype.TXT:
+                out.append(b"".join(rr.strings).decode("utf-8", "replace"))
+            else:
+                out.append(rr.to_text().rstrip("."))
+        return out
+
+    def addresses_of(self, name: str) -> list[str]:
+        """A and AAAA addresses of a name ([] when it has none)."""
+        return (self.lookup(name, "A") or []) + (self.lookup(name, "AAAA") or [])
+
+    def ptr_names(self, address: str) -> list[str]:
+        """PTR names of an address, lower-case."""
+        rev = dns.reversename.from_address(address).to_text().rstrip(".")
+        return [n.lower() for n in (self.lookup(rev, "PTR") or [])]
+
+    def mx(self, domain: str) -> list[tuple[int, str]]:
+        """MX records of a domain as (preference, host)."""
+        return parse_mx(self.lookup(domain, "MX") or [])
+
+    # ---- the target -------------------------------------------------------------------------------
+
+    def address(self) -> str:
+        """The address to connect to: TARGET itself, or its first A/AAAA record via the resolver.
+
+        Raises Skip-free errors (LookupFailed / ValueError) that checks turn into failures.
+        """
+
+        def resolve() -> str:
+            if self.target_is_ip:
+                return str(ipaddress.ip_address(self.options.target))
+            found = self.addresses_of(self.options.target)
+            if not found:
+                raise LookupFailed(f"{self.options.target} has no A or AAAA record ({self.resolver_name})")
+            return found[0]
+
+        return self.memo("address", resolve)
+
+    def target_addresses(self) -> list[str]:
+        """All addresses of TARGET."""
+        if self.target_is_ip:
+            return [self.address()]
+        return self.memo("target_addresses", lambda: self.addresses_of(self.options.target))
+
+    def hostname(self) -> str | None:
+        """The mail host's expected name: the spec's hostname, TARGET when it is a name, else its PTR."""
+
+        def find() -> str | None:
+            if self.spec is not None:
+                return self.spec.hostname
+            if not self.target_is_ip:
+                return self.options.target.lower().rstrip(".")
+            try:
+                names = self.ptr_names(self.address())
+            except LookupFailed:
+                return None
+            return names[0] if names else None
+
+        return self.memo("hostname", find)
+
+    def sni(self) -> str | None:
+        """The name to send as TLS SNI: the expected host name when known (never a lookup failure)."""
+        try:
+            return self.hostname()
+        except Exception:
+            return None
+
+    def require_hostname(self) -> str:
+        """The expected host name, or Skip with the reason."""
+        name = self.hostname()
+        if not name:
+            raise Skip("no host name: TARGET is an address without PTR; pass --spec")
+        return name
+
+    def domains(self) -> list[str]:
+        """Mail domains to check: --domain, else the spec's, else inferred from the host name."""
+
+        def find() -> list[str]:
+            if self.options.domains:
+                return list(self.options.domains)
+            if self.spec is not None:
+                return self.spec.domain_names
+            name = self.hostname()
+            if not name:
+                return []
+            labels = name.split(".")
+            # The closest parent domain that publishes MX records, else the host name's parent.
+            candidates = [".".join(labels[i:]) for i in range(len(labels) - 1)]
+            for candidate in candidates:
+                try:
+                    if self.lookup(candidate, "MX"):
+                        return [candidate]
+                except LookupFailed:
+                    break
+            return [candidates[1]] if len(candidates) > 1 else candidates
+
+        return self.memo("domains", find)
+
+    def require_domains(self) -> list[str]:
+        """Domains to check, or Skip."""
+        found = self.domains()
+        if not found:
+            raise Skip("no mail domain known: pass --domain or --spec")
+        return found
+
+    def domains_inferred(self) -> bool:
+        """Whether the domains were guessed from the host name (no --domain, no spec)."""
+        return not self.options.domains and self.spec is None
+
+    # ---- SMTP ---------------------------------------------------------------------------------
+
+    def _verify_context(self) -> ssl.SSLContext:
+        return self.memo("verify_ctx", lambda: client_context(verify=True, cafile=self.options.ca))
+
+    def smtp(self, port: int) -> SmtpProbe:
+        """One memoised SMTP session on port: greeting, EHLO, STARTTLS (or implicit TLS on 465), EHLO."""
+        return self.memo(("smtp", port), lambda: self._smtp_probe(port))
+
+    def _smtp_probe(self, port: int) -> SmtpProbe:
+        probe = SmtpProbe(port)
+        try:
+            probe.address = self.address()
+        except LookupFailed as exc:
+            probe.error = str(exc)
+            return probe
+        verify_error: str | None = None
+        for verify in (True, False):
+            probe = SmtpProbe(port, address=probe.address)
+            try:
+                self._smtp_session(probe, verify)
+            except ssl.SSLCertVerificationError as exc:
+                verify_error = exc.verify_message or str(exc)
+                continue
+            except (OSError, smtplib.SMTPException, EOFError) as exc:
+                reason = describe(exc)
+                if probe.caps and port != 465:
+                    probe.starttls_error = reason
+                else:
+                    probe.error = reason
+            break
+        if probe.tls is not None:
+            probe.tls.verify_error = verify_error
+        return probe
+
+    def _smtp_session(self, probe: SmtpProbe, verify: bool) -> None:
+        port = probe.port
+        client = _SMTP(timeout=self.io_timeout)
+        client.sni = self.sni()
+        if port == 465:
+            client.implicit_context = self._verify_context() if verify else client_context()
+        try:
+            try:
+                code, msg = client.connect(probe.address, port)
+            finally:
+                probe.tcp = client.tcp_connected
+            probe.banner_code, probe.banner = code, text_of(msg)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, msg)
+            local = client.sock.getsockname()[0] if client.sock else "127.0.0.1"
+            client.local_hostname = f"[IPv6:{local}]" if ":" in local else f"[{local}]"
+            if port == 465 and isinstance(client.sock, ssl.SSLSocket):
+                probe.tls = tls_info(client.sock, port)
+            code, msg = client.ehlo()
+            probe.ehlo_code = code
+            probe.caps = parse_ehlo(msg) if code == 250 else {}
+            if code != 250:
+                raise smtplib.SMTPHeloError(code, msg)
+            if port != 465 and "STARTTLS" in probe.caps:
+                context = self._verify_context() if verify else client_context()
+                code, msg = client.docmd("STARTTLS")
+                if code != 220:
+                    probe.starttls_error = f"STARTTLS refused: {code} {text_of(msg)}"
+                    return
+                client.sock = context.wrap_socket(client.sock, server_hostname=client.sni)  # type: ignore[arg-type]
+                client.file = None
+                probe.tls = tls_info(client.sock, port)
+                client.helo_resp = client.ehlo_resp = None
+                client.esmtp_features = {}
+                client.does_esmtp = False
+                code, msg = client.ehlo()
+                probe.caps_tls = parse_ehlo(msg) if code == 250 else {}
+        finally:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                client.close()
+
+    def smtp_client(self, port: int) -> _SMTP:
+        """A fresh SMTP client on port after EHLO (TLS-wrapped on 465; the caller does STARTTLS)."""
+        client = _SMTP(timeout=self.io_timeout)
+        client.sni = self.sni()
+        if port == 465:
+            client.implicit_context = client_context()
+        client.connect(self.address(), port)
+        client._host = client.sni or self.address()  # type: ignore[attr-defined]  # starttls() SNI
+        local = client.sock.getsockname()[0] if client.sock else "127.0.0.1"
+        client.local_hostname = f"[IPv6:{local}]" if ":" in local else f"[{local}]"
+        client.ehlo()
+        return client
+
+    def require_port(self, port: int) -> None:
+        """Skip when the port is switched off in the spec, or closed while no spec says it should be open."""
+        expected = self.port_expected(port)
+        if expected is False:
+            raise Skip(f"port {port} is switched off in the spec")
+        if port in SMTP_PORTS:
+            probe = self.smtp(port)
+            if expected is None and not probe.tcp:
+                raise Skip(f"port {port} is closed and no spec says it should be open")
+
+    # ---- TLS ----------------------------------------------------------------------------------
+
+    def tls(self, port: int) -> TlsInfo:
+        """The TLS facts of a TLS port (from the shared SMTP/IMAP/POP3 probes); raises when TLS failed."""
+        if port in SMTP_PORTS:
+            probe = self.smtp(port)
+            if probe.tls is None:
+                raise ConnectionError(probe.error or probe.starttls_error or "no STARTTLS offered")
+            return probe.tls
+        box = self.mailbox(port)
+        if box.tls is None:
+            raise ConnectionError("no TLS")
+        return box.tls
+
+    def mailbox(self, port: int) -> MailboxProbe:
+        """Memoised IMAP/POP3 greeting and capabilities on port (TLS handshake on 993/995)."""
+        return self.memo(("mailbox", port), lambda: self._mailbox_probe(port))
+
+    def _mailbox_probe(self, port: int) -> MailboxProbe:
+        import imaplib
+        import poplib
+
+        address = self.address()
+        verify_error: str | None = None
+        for verify in (True, False):
+            context = self._verify_context() if verify else client_context()
+            probe = MailboxProbe(port)
+            try:
+                if port in IMAP_PORTS:
+                    imap = (
+                        imaplib.IMAP4_SSL(address, port, ssl_context=context, timeout=self.io_timeout)
+                        if port == 993
+                        else imaplib.IMAP4(address, port, timeout=self.io_timeout)
+                    )
+                    try:
+                        probe.greeting = text_of(imap.welcome)
+                        probe.caps = list(imap.capabilities)
+                        if isinstance(imap.sock, ssl.SSLSocket):
+                            probe.tls = tls_info(imap.sock, port)
+                    finally:
+                        try:
+                            imap.logout()
+                        except (OSError, imaplib.IMAP4.error):
+                            imap.shutdown()
+                else:
+                    pop = (
+                        poplib.POP3_SSL(address, port, context=context, timeout=self.io_timeout)
+                        if port == 995
+                        else poplib.POP3(address, port, timeout=self.io_timeout)
+                    )
+                    try:
+                        probe.greeting = text_of(pop.getwelcome())
+                        try:
+                            probe.caps = sorted(pop.capa())
+                        except poplib.error_proto:
+                            probe.caps = []
+                        if isinstance(pop.sock, ssl.SSLSocket):
+                            probe.tls = tls_info(pop.sock, port)
+                    finally:
+                        try:
+                            pop.quit()
+                        except (OSError, poplib.error_proto):
+                            pop.close()
+            except ssl.SSLCertVerificationError as exc:
+                verify_error = exc.verify_message or str(exc)
+                continue
+            break
+        if probe.tls is not None:
+            probe.tls.verify_error = verify_error
+        return probe
+
+    def tls_handshake(self, port: int, context: ssl.SSLContext) -> TlsInfo:
+        """A fresh TLS handshake on port with a given context (STARTTLS first on 25/587)."""
+        address = self.address()
+        if port in STARTTLS_PORTS:
+            client = _SMTP(timeout=self.io_timeout)
+            try:
+                client.connect(address, port)
+                client.local_hostname = "[{}]".format(client.sock.getsockname()[0] if client.sock else "x")
+                client.ehlo()
+                code, msg = client.docmd("STARTTLS")
+                if code != 220:
+                    raise ConnectionError(f"STARTTLS refused: {code} {text_of(msg)}")
+                sock = context.wrap_socket(client.sock, server_hostname=self.sni())  # type: ignore[arg-type]
+                client.sock = sock
+                return tls_info(sock, port)
+            finally:
+                client.close()
+        with (
+            socket.create_connection((address, port), self.io_timeout) as raw,
+            context.wrap_socket(raw, server_hostname=self.sni()) as sock,
+        ):
+            return tls_info(sock, port)

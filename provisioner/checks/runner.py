@@ -1,0 +1,111 @@
+"""Run checks concurrently, each under its own deadline; never raise, never hang.
+
+Every selected check runs in its own daemon thread at once (they mostly wait on the network). The runner
+waits for each until its deadline (start + timeout x the check's timeout_scale); a check still running then
+is reported as `fail: timed out after Ns` and abandoned (daemon threads do not keep the process alive).
+A check whose needs are not met is `skip` with the reason, without running.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from provisioner.checks.base import STATUSES, Check, Result, Skip, Status
+from provisioner.checks.context import Context, describe
+from provisioner.checks.parsers import LookupFailed
+
+_MISSING = {
+    "ssh": "needs host access: pass --ssh USER@HOST or --local",
+    "spec": "needs --spec to know what to expect",
+    "creds": "needs test credentials: pass --user and --password-file",
+}
+
+
+@dataclass
+class Report:
+    """All results of one verify run against one target."""
+
+    target: str
+    results: list[Result] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """Count of results per status (all four keys always present)."""
+        counts: dict[str, int] = {status: 0 for status in STATUSES}
+        for result in self.results:
+            counts[result.status] += 1
+        return counts
+
+    @property
+    def failed(self) -> bool:
+        """Whether any check failed (exit 1)."""
+        return any(r.status == "fail" for r in self.results)
+
+
+def unmet_need(check: Check, ctx: Context) -> str | None:
+    """The reason a check cannot run with what the context has, or None."""
+    have = {
+        "dns": True,
+        "net": True,
+        "ssh": ctx.host is not None,
+        "spec": ctx.spec is not None,
+        "creds": ctx.has_creds,
+    }
+    for need in check.needs:
+        if not have.get(need, False):
+            return _MISSING.get(need, f"needs {need}")
+    return None
+
+
+def run_one(check: Check, ctx: Context) -> Result:
+    """Run one check synchronously; exceptions become fail (Skip becomes skip) with a one-line reason."""
+    start = time.monotonic()
+    try:
+        result = check.fn(ctx)
+    except Skip as exc:
+        result = Result(check.id, "skip", str(exc))
+    except LookupFailed as exc:
+        result = Result(check.id, "fail", str(exc))
+    except Exception as exc:
+        result = Result(check.id, "fail", describe(exc))
+    result.id = check.id
+    result.reason = " ".join(str(result.reason).split())
+    result.duration = round(time.monotonic() - start, 3)
+    return result
+
+
+def run(checks: Iterable[Check], ctx: Context, timeout: float | None = None) -> Report:
+    """Run the checks against the context's target concurrently; results in the given order."""
+    timeout = ctx.timeout if timeout is None else timeout
+    started = time.monotonic()
+    checks = list(checks)
+    ctx.selected = {c.id for c in checks}
+    slots: list[Result | None] = [None] * len(checks)
+    threads: list[tuple[int, threading.Thread, float]] = []
+    for index, check in enumerate(checks):
+        reason = unmet_need(check, ctx)
+        if reason is not None:
+            slots[index] = Result(check.id, "skip", reason)
+            continue
+
+        def work(index: int = index, check: Check = check) -> None:
+            slots[index] = run_one(check, ctx)
+
+        thread = threading.Thread(target=work, name=f"verify:{check.id}", daemon=True)
+        thread.start()
+        threads.append((index, thread, time.monotonic() + timeout * check.timeout_scale))
+    final = list(slots)
+    for index, thread, deadline in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        # An abandoned thread may still write its slot later; `final` is what we report.
+        final[index] = slots[index]
+        if thread.is_alive() or final[index] is None:
+            limit = timeout * checks[index].timeout_scale
+            status: Status = "fail"
+            final[index] = Result(checks[index].id, status, f"timed out after {limit:g}s", None, limit)
+    results = [r for r in final if r is not None]
+    return Report(ctx.options.target, results, round(time.monotonic() - started, 3))

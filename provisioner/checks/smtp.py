@@ -1,0 +1,313 @@
+"""SMTP checks: ports, greeting, EHLO, STARTTLS, implicit TLS, AUTH only after TLS, relaying, recipients.
+
+Nothing here sends a message except smtp.roundtrip, which runs only with test credentials and deletes
+its message afterwards. RCPT probes end with RSET/QUIT before DATA, so they never queue mail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import smtplib
+import ssl
+import time
+from email.message import EmailMessage
+
+from provisioner.checks.base import Result, Skip, Status, aggregate, check
+from provisioner.checks.context import SMTP_PORTS, Context, client_context
+from provisioner.checks.credentials import imap_connect, logins, submission_ports
+from provisioner.checks.parsers import (
+    LookupFailed,
+    judge_banner,
+    missing_ehlo,
+    reply_class,
+    text_of,
+)
+
+#: Outside addresses for the relay probe (RFC 2606 names; verify never sends to them).
+RELAY_SENDER = "mailprov-verify@example.org"
+RELAY_RECIPIENT = "mailprov-relay-test@example.net"
+
+
+def _port_check(port: int) -> None:
+    @check(f"smtp.port.{port}", f"SMTP port {port} accepts TCP", needs=("net",), severity="high")
+    def port_open(ctx: Context) -> Result:
+        """The port accepts TCP (or is closed when the spec switches it off)."""
+        id = f"smtp.port.{port}"
+        expected = ctx.port_expected(port)
+        probe = ctx.smtp(port)
+        where = f"{probe.address or ctx.options.target}:{port}"
+        if probe.tcp:
+            if expected is False:
+                return Result(id, "warn", f"{where} is open, but the spec switches it off")
+            return Result(id, "pass", f"{where} accepts TCP")
+        if expected is False:
+            return Result(id, "pass", f"{where} is closed, as the spec expects")
+        if expected is None:
+            raise Skip(f"{where} is closed ({probe.error}); no spec says it should be open")
+        return Result(id, "fail", f"{where}: {probe.error}")
+
+
+for _port in SMTP_PORTS:
+    _port_check(_port)
+
+
+def _session(ctx: Context, port: int) -> None:
+    """Fail (raise) when there is no usable SMTP session on the port."""
+    probe = ctx.smtp(port)
+    if probe.error and not probe.banner_code:
+        raise ConnectionError(f"port {port}: {probe.error}")
+
+
+@check("smtp.banner", "A 220 greeting naming the host", needs=("net",))
+def banner(ctx: Context) -> Result:
+    """A 220 greeting arrives in time; its name matches the PTR / host name (mismatch = warn)."""
+    probe = ctx.smtp(25)
+    if not probe.tcp:
+        return Result("smtp.banner", "fail", f"port 25: {probe.error}")
+    if probe.banner_code != 220:
+        shown = f"{probe.banner_code} {probe.banner}" if probe.banner_code else probe.error
+        return Result("smtp.banner", "fail", f"no 220 greeting: {shown}", probe.banner)
+    expected = [ctx.hostname() or ""]
+    with contextlib.suppress(LookupFailed):
+        expected += ctx.ptr_names(probe.address)
+    status, reason = judge_banner(probe.banner_name, expected)
+    return Result("smtp.banner", status, reason, f"220 {probe.banner}")
+
+
+@check("smtp.ehlo", "EHLO accepted with the expected extensions", needs=("net",))
+def ehlo(ctx: Context) -> Result:
+    """EHLO on port 25 is accepted and lists SIZE, PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES."""
+    _session(ctx, 25)
+    probe = ctx.smtp(25)
+    if probe.ehlo_code != 250:
+        return Result("smtp.ehlo", "fail", f"EHLO not accepted: {probe.error}")
+    missing = missing_ehlo(probe.caps)
+    evidence = sorted(probe.caps)
+    if missing:
+        return Result("smtp.ehlo", "fail", f"EHLO lacks {', '.join(missing)}", evidence)
+    return Result("smtp.ehlo", "pass", "lists " + ", ".join(evidence), evidence)
+
+
+def _starttls_check(port: int) -> None:
+    @check(f"smtp.starttls.{port}", f"STARTTLS on port {port}", needs=("net",), severity="high")
+    def starttls(ctx: Context) -> Result:
+        """STARTTLS is advertised and the TLS handshake completes."""
+        id = f"smtp.starttls.{port}"
+        ctx.require_port(port)
+        _session(ctx, port)
+        probe = ctx.smtp(port)
+        if "STARTTLS" not in probe.caps:
+            return Result(id, "fail", "STARTTLS not advertised", sorted(probe.caps))
+        if probe.tls is None:
+            return Result(id, "fail", f"STARTTLS failed: {probe.starttls_error}")
+        return Result(id, "pass", f"{probe.tls.version} {probe.tls.cipher}")
+
+
+for _port in (25, 587):
+    _starttls_check(_port)
+
+
+@check("smtp.implicit_tls.465", "TLS from the first byte on 465", needs=("net",), severity="high")
+def implicit_tls(ctx: Context) -> Result:
+    """Port 465 speaks TLS from the first byte (RFC 8314), then SMTP."""
+    ctx.require_port(465)
+    probe = ctx.smtp(465)
+    if probe.tls is None:
+        return Result("smtp.implicit_tls.465", "fail", f"port 465: {probe.error}")
+    if probe.banner_code != 220:
+        return Result("smtp.implicit_tls.465", "fail", f"no 220 greeting after TLS: {probe.error}")
+    return Result("smtp.implicit_tls.465", "pass", f"{probe.tls.version} {probe.tls.cipher}, then 220")
+
+
+@check("smtp.auth_after_tls", "AUTH only after STARTTLS", needs=("net",), severity="high")
+def auth_after_tls(ctx: Context) -> Result:
+    """Before STARTTLS, EHLO on 25/587 lists no AUTH; after it, 587 lists AUTH."""
+    parts: dict[str, tuple[Status, str]] = {}
+    for port in (25, 587):
+        if ctx.port_expected(port) is False:
+            continue
+        probe = ctx.smtp(port)
+        if not probe.caps:
+            if ctx.port_expected(port):
+                parts[str(port)] = ("fail", f"no EHLO: {probe.error}")
+            continue
+        if "AUTH" in probe.caps:
+            parts[str(port)] = ("fail", f"offers AUTH {probe.caps['AUTH']} before STARTTLS")
+        elif port == 587 and probe.tls is not None and "AUTH" not in probe.caps_tls:
+            parts[str(port)] = ("fail", "offers no AUTH after STARTTLS")
+        elif port == 587 and probe.tls is None:
+            parts[str(port)] = ("fail", f"no TLS to check AUTH after: {probe.starttls_error}")
+        else:
+            after = probe.caps_tls.get("AUTH")
+            parts[str(port)] = (
+                "pass",
+                "no AUTH before STARTTLS" + (f", AUTH {after} after" if after else ""),
+            )
+    if not parts:
+        raise Skip("neither port 25 nor 587 answered EHLO")
+    return aggregate("smtp.auth_after_tls", {f"port {p}": v for p, v in parts.items()})
+
+
+def _rcpt(ctx: Context, recipient: str, sender: str = RELAY_SENDER) -> tuple[int, str]:
+    """MAIL FROM sender, RCPT TO recipient on port 25, then RSET: the RCPT reply."""
+    client = ctx.smtp_client(25)
+    try:
+        code, msg = client.mail(sender)
+        if reply_class(code) != "accepted":
+            return code, f"MAIL FROM refused: {text_of(msg)}"
+        code, msg = client.rcpt(recipient)
+        client.rset()
+        return code, text_of(msg)
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()
+
+
+@check("smtp.open_relay", "No relaying for strangers", needs=("net",), severity="high")
+def open_relay(ctx: Context) -> Result:
+    """Unauthenticated MAIL FROM an outside address, RCPT TO an outside domain is refused (5xx)."""
+    _session(ctx, 25)
+    code, msg = _rcpt(ctx, RELAY_RECIPIENT)
+    evidence = f"RCPT TO:<{RELAY_RECIPIENT}> -> {code} {msg}"
+    verdict = reply_class(code)
+    if verdict == "accepted":
+        return Result("smtp.open_relay", "fail", f"open relay: {evidence}", evidence)
+    if verdict == "deferred":
+        return Result("smtp.open_relay", "warn", f"relay deferred, not refused: {evidence}", evidence)
+    return Result("smtp.open_relay", "pass", f"refused: {code} {msg}", evidence)
+
+
+def _mail_domains(ctx: Context) -> list[str]:
+    domains = []
+    for domain in ctx.require_domains():
+        try:
+            mx = ctx.mx(domain) if not ctx.spec else []
+        except LookupFailed:
+            mx = []
+        if mx and all(host == "." for _, host in mx):
+            continue  # null MX: the domain accepts no mail
+        domains.append(domain)
+    if not domains:
+        raise Skip("every domain has a null MX: it accepts no mail")
+    return domains
+
+
+@check("smtp.postmaster", "postmaster@ accepted", needs=("net",))
+def postmaster(ctx: Context) -> Result:
+    """RCPT TO postmaster@DOMAIN is accepted (RFC 5321)."""
+    _session(ctx, 25)
+    parts: dict[str, tuple[Status, str]] = {}
+    for domain in _mail_domains(ctx):
+        code, msg = _rcpt(ctx, f"postmaster@{domain}")
+        verdict = reply_class(code)
+        status: Status = "pass" if verdict == "accepted" else "warn" if verdict == "deferred" else "fail"
+        parts[domain] = (status, f"RCPT TO:<postmaster@{domain}> -> {code} {msg}")
+    return aggregate("smtp.postmaster", parts)
+
+
+@check("smtp.unknown_user", "Unknown recipients refused at RCPT time", needs=("net", "spec"))
+def unknown_user(ctx: Context) -> Result:
+    """RCPT TO a nonexistent local user is refused at RCPT time (no backscatter)."""
+    assert ctx.spec is not None
+    catch_all = {d.name for d in ctx.spec.domains if d.catch_all}
+    _session(ctx, 25)
+    parts: dict[str, tuple[Status, str]] = {}
+    for domain in _mail_domains(ctx):
+        if domain in catch_all:
+            continue
+        rcpt = f"mailprov-no-such-user-{ctx.token}@{domain}"
+        code, msg = _rcpt(ctx, rcpt)
+        verdict = reply_class(code)
+        if verdict == "accepted":
+            parts[domain] = ("fail", f"accepted at RCPT time ({code} {msg}): bounces would be backscatter")
+        elif verdict == "deferred":
+            parts[domain] = ("warn", f"deferred, not refused: {code} {msg}")
+        else:
+            parts[domain] = ("pass", f"refused: {code} {msg}")
+    if not parts:
+        raise Skip("every domain has a catch-all in the spec")
+    return aggregate("smtp.unknown_user", parts)
+
+
+@check("smtp.auth", "Submission AUTH works after TLS", needs=("net", "creds"))
+def auth(ctx: Context) -> Result:
+    """The good password is accepted on 587 (after STARTTLS) and 465; a wrong one is refused."""
+    ports = submission_ports(ctx)
+    if not ports:
+        raise Skip("no submission port (587, 465) answers")
+    results = logins(ctx)
+    parts: dict[str, tuple[Status, str]] = {}
+    for port in ports:
+        ok, reply = results[f"smtp:{port}"]
+        parts[f"port {port}"] = ("pass", f"login accepted ({reply})") if ok else ("fail", f"refused: {reply}")
+    ok, reply = results[f"wrong:smtp:{ports[0]}"]
+    parts[f"port {ports[0]} wrong password"] = (
+        ("fail", f"accepted: {reply}") if ok else ("pass", f"refused ({reply})")
+    )
+    return aggregate("smtp.auth", parts)
+
+
+@check(
+    "smtp.roundtrip", "A submitted message arrives in the mailbox", needs=("net", "creds"), timeout_scale=3
+)
+def roundtrip(ctx: Context) -> Result:
+    """A message submitted on 587 (or 465) to the test user is found over IMAP in time, then deleted."""
+    user = ctx.options.user or ""
+    try:
+        return _roundtrip(ctx, user)
+    finally:
+        ctx.roundtrip_logged_in.set()
+
+
+def _roundtrip(ctx: Context, user: str) -> Result:
+    ports = submission_ports(ctx)
+    if not ports:
+        raise Skip("no submission port (587, 465) answers")
+    port = ports[0]
+    subject = f"mailprov verify roundtrip {ctx.token}"
+    message = EmailMessage()
+    message["From"] = user
+    message["To"] = user
+    message["Subject"] = subject
+    message.set_content("Test message from `mailprov verify` (smtp.roundtrip); it deletes itself.\n")
+    client = ctx.smtp_client(port)
+    try:
+        if port != 465:
+            client.starttls(context=client_context())
+            client.ehlo()
+        client.login(user, ctx.options.password or "")
+        client.send_message(message)
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()
+    sent = time.monotonic()
+    deadline = sent + ctx.timeout * 3 - ctx.io_timeout
+    imap, _ = imap_connect(ctx)
+    imap.login(user, ctx.options.password or "")
+    ctx.roundtrip_logged_in.set()
+    try:
+        while True:
+            imap.select("INBOX")
+            typ, data = imap.search(None, "HEADER", "Subject", f'"{ctx.token}"')
+            ids = data[0].split() if typ == "OK" and data and data[0] else []
+            if ids:
+                elapsed = time.monotonic() - sent
+                for num in ids:
+                    imap.store(num, "+FLAGS", "\\Deleted")
+                imap.expunge()
+                return Result(
+                    "smtp.roundtrip", "pass", f"delivered over port {port} in {elapsed:.1f}s", subject
+                )
+            if time.monotonic() > deadline:
+                return Result(
+                    "smtp.roundtrip", "fail", f"not in INBOX {time.monotonic() - sent:.0f}s after submission"
+                )
+            time.sleep(0.3)
+    finally:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error, ssl.SSLError):
+            imap.logout()

@@ -1,0 +1,213 @@
+"""TLS checks on every TLS port (25 and 587 via STARTTLS, 465, 993, 995): versions and the certificate.
+
+The certificate of each port is fetched once (by the shared SMTP/IMAP/POP3 probes). Chain trust is
+verified with time checks off, so an expired certificate fails tls.cert.expiry, not tls.cert.chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+
+from provisioner.checks.base import Result, Status, aggregate, check
+from provisioner.checks.context import SMTP_PORTS, TLS_PORTS, Context, TlsInfo, client_context, describe
+from provisioner.checks.parsers import (
+    CertFacts,
+    cert_facts,
+    judge_cert_key,
+    judge_cert_name,
+    judge_expiry,
+    pem_fingerprints,
+)
+
+PROBED_VERSIONS = (
+    ("TLSv1", ssl.TLSVersion.TLSv1),
+    ("TLSv1.1", ssl.TLSVersion.TLSv1_1),
+    ("TLSv1.2", ssl.TLSVersion.TLSv1_2),
+    ("TLSv1.3", ssl.TLSVersion.TLSv1_3),
+)
+
+
+def tls_ports(ctx: Context) -> tuple[dict[int, TlsInfo], dict[int, str]]:
+    """TLS facts per answering TLS port, and errors of ports that should speak TLS but did not."""
+    infos: dict[int, TlsInfo] = {}
+    errors: dict[int, str] = {}
+    for port in TLS_PORTS:
+        expected = ctx.port_expected(port)
+        if expected is False:
+            continue
+        try:
+            infos[port] = ctx.tls(port)
+        except Exception as exc:
+            closed = not ctx.smtp(port).tcp if port in SMTP_PORTS else isinstance(exc, ConnectionRefusedError)
+            if expected is None and closed:
+                continue
+            errors[port] = describe(exc)
+    return infos, errors
+
+
+def _certs(ctx: Context, id: str) -> tuple[dict[int, TlsInfo], dict[int, CertFacts]]:
+    infos, errors = tls_ports(ctx)
+    if not infos:
+        shown = "; ".join(f"{p}: {e}" for p, e in errors.items()) or "no TLS port open"
+        raise ConnectionError(f"no TLS port answered ({shown})")
+    return infos, {port: cert_facts(info.der) for port, info in infos.items() if info.der}
+
+
+def _by_certificate(id: str, facts: dict[int, CertFacts], judge: object, evidence: object = None) -> Result:
+    """Judge each distinct certificate once and name the ports that serve it."""
+    groups: dict[str, list[int]] = {}
+    for port, fact in facts.items():
+        groups.setdefault(fact.sha256, []).append(port)
+    parts: dict[str, tuple[Status, str]] = {}
+    for ports in groups.values():
+        parts["port " + ", ".join(map(str, ports))] = judge(facts[ports[0]])  # type: ignore[operator]
+    if len(parts) == 1:
+        ((_, (status, reason)),) = parts.items()
+        return Result(id, status, reason, evidence)
+    return aggregate(id, parts, evidence)
+
+
+@check("tls.versions", "TLS 1.2+ offered, 1.0/1.1 refused", needs=("net",), severity="high")
+def versions(ctx: Context) -> Result:
+    """On each TLS port, TLS 1.2 or 1.3 is offered and TLS 1.0 and 1.1 are refused."""
+    infos, _ = _certs(ctx, "tls.versions")
+    jobs = [(port, name, version) for port in infos for name, version in PROBED_VERSIONS]
+
+    def probe(job: tuple[int, str, ssl.TLSVersion]) -> tuple[int, str, bool, str]:
+        port, name, version = job
+        try:
+            ctx.tls_handshake(port, client_context(version=version))
+            return port, name, True, ""
+        except ssl.SSLError:
+            return port, name, False, ""
+        except Exception as exc:
+            return port, name, False, describe(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(probe, jobs))
+    offered: dict[int, list[str]] = {port: [] for port in infos}
+    errors: dict[int, str] = {}
+    for port, name, ok, error in outcomes:
+        if ok:
+            offered[port].append(name)
+        elif error:
+            errors.setdefault(port, error)
+    parts: dict[str, tuple[Status, str]] = {}
+    for port, names in offered.items():
+        old = [n for n in names if n in ("TLSv1", "TLSv1.1")]
+        modern = [n for n in names if n in ("TLSv1.2", "TLSv1.3")]
+        if old:
+            parts[f"port {port}"] = ("fail", f"accepts {' and '.join(old)}")
+        elif not modern:
+            parts[f"port {port}"] = (
+                "fail",
+                f"offers neither TLS 1.2 nor 1.3 ({errors.get(port, 'refused')})",
+            )
+        else:
+            parts[f"port {port}"] = ("pass", " ".join(modern))
+    statuses = {s for s, _ in parts.values()}
+    if statuses == {"pass"} and len({r for _, r in parts.values()}) == 1:
+        ((_, (_, reason)), *_) = parts.items()
+        return Result("tls.versions", "pass", f"{reason} on {', '.join(map(str, offered))}", offered)
+    return aggregate("tls.versions", parts, offered)
+
+
+@check("tls.cert.name", "The certificate covers the host name", needs=("net",), severity="high")
+def cert_name(ctx: Context) -> Result:
+    """Every TLS port's certificate covers the mail host name (SAN, wildcard one label)."""
+    hostname = ctx.require_hostname()
+    _, facts = _certs(ctx, "tls.cert.name")
+    names = {p: f.dns_names or f.common_names for p, f in facts.items()}
+    return _by_certificate("tls.cert.name", facts, lambda f: judge_cert_name(f, hostname), names)
+
+
+@check("tls.cert.chain", "The certificate chain is trusted", needs=("net",), severity="high")
+def cert_chain(ctx: Context) -> Result:
+    """The chain verifies against the system store or --ca (self-signed = warn)."""
+    infos, facts = _certs(ctx, "tls.cert.chain")
+    store = f"--ca {ctx.options.ca}" if ctx.options.ca else "the system trust store"
+    parts: dict[str, tuple[Status, str]] = {}
+    for port, info in infos.items():
+        fact = facts.get(port)
+        if info.verify_error is None:
+            parts[f"port {port}"] = ("pass", f"verified against {store}")
+        elif fact is not None and fact.self_issued:
+            parts[f"port {port}"] = ("warn", f"self-signed ({fact.subject}); pass --ca to trust it")
+        else:
+            parts[f"port {port}"] = ("fail", f"not trusted by {store}: {info.verify_error}")
+    issuers = {p: f.issuer for p, f in facts.items()}
+    if len({v for v in parts.values()}) == 1:
+        ((_, (status, reason)), *_) = parts.items()
+        return Result("tls.cert.chain", status, reason, issuers)
+    return aggregate("tls.cert.chain", parts, issuers)
+
+
+@check("tls.cert.expiry", "The certificate is not about to expire", needs=("net",), severity="high")
+def cert_expiry(ctx: Context) -> Result:
+    """More than 14 days left (under 14 = warn, expired = fail)."""
+    _, facts = _certs(ctx, "tls.cert.expiry")
+    now = dt.datetime.now(dt.UTC)
+    dates = {p: f.not_after.isoformat() for p, f in facts.items()}
+    return _by_certificate("tls.cert.expiry", facts, lambda f: judge_expiry(f.not_after, now), dates)
+
+
+@check("tls.cert.key", "Strong certificate key and signature", needs=("net",))
+def cert_key(ctx: Context) -> Result:
+    """RSA >= 2048 or ECDSA >= 256; signature hash SHA-256 or better."""
+    _, facts = _certs(ctx, "tls.cert.key")
+    keys = {p: f"{f.key_type} {f.key_bits} {f.signature_hash}" for p, f in facts.items()}
+    return _by_certificate("tls.cert.key", facts, judge_cert_key, keys)
+
+
+def _files_on_disk(ctx: Context) -> dict[str, str]:
+    """Certificate files the host's Postfix and Dovecot are configured with: {path: content}."""
+    host = ctx.host
+    paths: list[str] = []
+    for cmd in ("postconf -h smtpd_tls_cert_file", "postconf -h smtpd_tls_chain_files"):
+        out = host.run(cmd)
+        if out.rc == 0:
+            paths += [p for p in out.stdout.replace(",", " ").split() if p.startswith("/")]
+    out = host.run("doveconf -h ssl_cert")
+    if out.rc == 0 and out.stdout.strip().startswith("<"):
+        paths.append(out.stdout.strip()[1:].strip())
+    files = {}
+    for path in dict.fromkeys(paths):
+        f = host.file(path)
+        if f.exists:
+            text = f.content_string
+            if "BEGIN CERTIFICATE" in text:
+                files[path] = text
+    return files
+
+
+@check("tls.cert.same", "Every TLS port serves the same certificate", needs=("net",), severity="low")
+def cert_same(ctx: Context) -> Result:
+    """All TLS ports serve one certificate; with --ssh/--local, the one in the configured files."""
+    _, facts = _certs(ctx, "tls.cert.same")
+    prints = {port: f.sha256 for port, f in facts.items()}
+    distinct = set(prints.values())
+    evidence: dict[str, object] = {str(p): fp[:16] for p, fp in prints.items()}
+    if len(distinct) > 1:
+        groups = {fp: [p for p, x in prints.items() if x == fp] for fp in distinct}
+        shown = "; ".join(f"{fp[:16]}… on {', '.join(map(str, ps))}" for fp, ps in groups.items())
+        return Result("tls.cert.same", "fail", f"{len(distinct)} different certificates: {shown}", evidence)
+    reason = f"one certificate on {', '.join(map(str, prints))}"
+    if ctx.host is None:
+        return Result(
+            "tls.cert.same", "pass", reason + " (files on disk not compared without --ssh/--local)", evidence
+        )
+    files = _files_on_disk(ctx)
+    evidence["files"] = sorted(files)
+    if not files:
+        return Result(
+            "tls.cert.same", "warn", reason + "; no certificate file found in postconf/doveconf", evidence
+        )
+    served = distinct.pop()
+    stale = [path for path, text in files.items() if (pem_fingerprints(text) or [""])[0] != served]
+    if stale:
+        return Result(
+            "tls.cert.same", "fail", f"served certificate differs from {', '.join(stale)}", evidence
+        )
+    return Result("tls.cert.same", "pass", reason + f", equal to {', '.join(files)}", evidence)

@@ -1,0 +1,349 @@
+"""`mailprov verify` against real Postfix + Dovecot servers configured by hand (not by mailprov).
+
+Two server instances on loopback addresses, a test CA and a real unbound zone:
+- mail.good.test (127.77.0.10): everything right; with --ca and test credentials every non-host check passes.
+- mail.bad.test (127.77.0.11): many faults at once, each asserted on its own check id.
+A third, DNS-only domain (spf-many.test) has an SPF record with more than 10 lookups, and a dead target
+(closed ports, a silent port, a resolver that never answers) must finish with failures and reasons.
+
+Needs root (ports < 1024, addresses on lo) and postfix, dovecot, unbound; skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typer.testing import CliRunner
+from verify_servers import LoopbackAddress, MailServer, TestCA, free_port, missing_binaries, scratch_dir
+
+from provisioner.cli import app
+from provisioner.dns import Record
+from provisioner.dnsserver import DnsServer
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: binds ports < 1024 and adds addresses to lo"),
+    pytest.mark.skipif(bool(missing_binaries()), reason=f"not installed: {', '.join(missing_binaries())}"),
+]
+
+GOOD_IP, BAD_IP, DEAD_IP = "127.77.0.10", "127.77.0.11", "127.77.0.12"
+PASSWORD = "correct horse battery staple"
+HASH = "{SHA512-CRYPT}$6$wS5qFv6gH6eWpZYc$CWN4Y.K75r8CcEwmbGrEYDoDjJpy0Yiyv6WgUWMchTaZjFub/qVo33twQi9Dlk3mKe16jjf64k3/XAbldkurH0"
+
+
+def _records(dkim_b64: str) -> list[Record]:
+    spf_many = " ".join(f"a:h{i}.spf-many.test" for i in range(1, 12))
+    return [
+        # good.test: everything published
+        Record("mail.good.test", "A", GOOD_IP),
+        Record("good.test", "MX", "10 mail.good.test"),
+        Record("good.test", "TXT", "v=spf1 mx -all"),
+        Record("_dmarc.good.test", "TXT", "v=DMARC1; p=reject; rua=mailto:postmaster@good.test"),
+        Record("s1._domainkey.good.test", "TXT", f"v=DKIM1; k=rsa; p={dkim_b64}"),
+        Record("_mta-sts.good.test", "TXT", "v=STSv1; id=20250101T000000"),
+        Record("_smtp._tls.good.test", "TXT", "v=TLSRPTv1; rua=mailto:tlsrpt@good.test"),
+        Record("10.0.77.127.in-addr.arpa", "PTR", "mail.good.test"),
+        # bad.test: no MX, SPF +all, DMARC p=none, no PTR for its address
+        Record("mail.bad.test", "A", BAD_IP),
+        Record("bad.test", "TXT", "v=spf1 +all"),
+        Record("_dmarc.bad.test", "TXT", "v=DMARC1; p=none"),
+        # spf-many.test: 11 DNS-querying terms
+        Record("spf-many.test", "TXT", f"v=spf1 {spf_many} -all"),
+        *[Record(f"h{i}.spf-many.test", "A", "192.0.2.1") for i in range(1, 12)],
+    ]
+
+
+def _spec(path: Path, hostname: str, domain: str, user: str, dkim: Path | None = None) -> Path:
+    dkim_line = f"dkim: {{selector: s1, public_key: {dkim}}}\n" if dkim else ""
+    path.write_text(
+        f"hostname: {hostname}\n"
+        f"domains:\n  - name: {domain}\n    mailboxes:\n"
+        f'      - address: {user}\n        password_hash: "{HASH}"\n'
+        "submission: {starttls_587: true, implicit_tls_465: true}\n" + dkim_line
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[dict[str, Any]]:
+    """Zone, CA, both servers and spec files; everything stopped and removed afterwards."""
+    root = scratch_dir("mailprov-verify-it-")
+    servers: list[MailServer] = []
+    dns = None
+    addresses = [LoopbackAddress(GOOD_IP), LoopbackAddress(BAD_IP)]
+    try:
+        for address in addresses:
+            address.__enter__()
+        ca = TestCA(root)
+        dkim_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+        dkim_pem = dkim_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (root / "dkim.pub").write_bytes(dkim_pem)
+        dkim_b64 = base64.b64encode(
+            dkim_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ).decode()
+        dns = DnsServer(root / "unbound", listen="127.0.0.1", port=free_port())
+        dns.start(_records(dkim_b64))
+        good_cert = ca.issue("good", "mail.good.test")
+        good = MailServer(
+            root / "good",
+            GOOD_IP,
+            "mail.good.test",
+            "good.test",
+            {"alice@good.test": PASSWORD},
+            postfix_cert=good_cert,
+            dovecot_cert=good_cert,
+        )
+        bad = MailServer(
+            root / "bad",
+            BAD_IP,
+            "mail.bad.test",
+            "bad.test",
+            {"bob@bad.test": PASSWORD},
+            postfix_cert=ca.issue("bad-expired", "mail.bad.test", expired=True),
+            dovecot_cert=ca.issue("bad-wrongname", "wrong-name.example.test"),
+            open_relay=True,
+            auth_before_tls=True,
+            accept_unknown=True,
+            no_smtps=True,
+            imap_plaintext=True,
+            dovecot_tls1=True,
+        )
+        for server in (good, bad):
+            server.root.mkdir()
+            server.write()
+            servers.append(server)
+            server.start()
+        password_file = root / "password"
+        password_file.write_text(PASSWORD + "\n")
+        yield {
+            "root": root,
+            "ca": ca.path,
+            "resolver": f"127.0.0.1:{dns.port}",
+            "good": good,
+            "bad": bad,
+            "good_spec": _spec(
+                root / "good.yml", "mail.good.test", "good.test", "alice@good.test", root / "dkim.pub"
+            ),
+            "bad_spec": _spec(root / "bad.yml", "mail.bad.test", "bad.test", "bob@bad.test"),
+            "password_file": password_file,
+        }
+    finally:
+        for server in servers:
+            server.stop()
+        if dns is not None:
+            dns.stop()
+        for address in addresses:
+            address.__exit__()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def verify(*args: str) -> tuple[int, dict[str, Any]]:
+    """Run `mailprov verify ... --format json` in-process: (exit code, report)."""
+    result = CliRunner().invoke(app, ["verify", *args, "--format", "json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def by_id(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Results keyed by check id."""
+    return {r["id"]: r for r in report["results"]}
+
+
+@pytest.fixture(scope="module")
+def good_report(lab: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The full catalog against the good server, with spec, CA and test credentials."""
+    return verify(
+        "mail.good.test",
+        "--spec",
+        str(lab["good_spec"]),
+        "--resolver",
+        lab["resolver"],
+        "--ca",
+        str(lab["ca"]),
+        "--user",
+        "alice@good.test",
+        "--password-file",
+        str(lab["password_file"]),
+        "--timeout",
+        "5",
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_report(lab: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The full catalog against the faulty server."""
+    code, report = verify(
+        "mail.bad.test",
+        "--spec",
+        str(lab["bad_spec"]),
+        "--resolver",
+        lab["resolver"],
+        "--ca",
+        str(lab["ca"]),
+        "--timeout",
+        "5",
+    )
+    assert code == 1
+    return by_id(report)
+
+
+def test_good_server_passes_everything(good_report: tuple[int, dict[str, Any]], lab: dict[str, Any]) -> None:
+    code, report = good_report
+    results = by_id(report)
+    not_passed = {
+        i: f"{r['status']}: {r['reason']}"
+        for i, r in results.items()
+        if r["status"] != "pass" and not i.startswith("host.")
+    }
+    assert not_passed == {}, lab["good"].log()
+    assert code == 0
+    assert all(
+        r["status"] == "skip" and "--ssh" in r["reason"] for i, r in results.items() if i.startswith("host.")
+    )
+    assert report["summary"]["fail"] == 0 and report["summary"]["warn"] == 0
+
+
+def test_good_server_evidence(good_report: tuple[int, dict[str, Any]]) -> None:
+    results = by_id(good_report[1])
+    assert "mail.good.test" in results["smtp.banner"]["evidence"]
+    assert "10 mail.good.test" in results["dns.mx"]["evidence"]["good.test"]
+    assert "verified against --ca" in results["tls.cert.chain"]["reason"]
+    assert "127.77.0.10 -> mail.good.test -> 127.77.0.10" in results["dns.ptr"]["reason"]
+    assert "delivered over port 587" in results["smtp.roundtrip"]["reason"]
+    assert set(results["tls.versions"]["evidence"]) == {"25", "587", "465", "993", "995"}
+
+
+@pytest.mark.parametrize(
+    ("check_id", "status", "words"),
+    [
+        ("smtp.open_relay", "fail", "open relay"),
+        ("smtp.auth_after_tls", "fail", "AUTH"),
+        ("imap.login_disabled", "fail", "plaintext"),
+        ("tls.cert.expiry", "fail", "expired"),
+        ("tls.cert.name", "fail", "wrong-name.example.test"),
+        ("tls.versions", "fail", "TLSv1"),
+        ("dns.mx", "fail", "no MX"),
+        ("dns.spf", "fail", "+all"),
+        ("dns.dmarc", "warn", "p=none"),
+        ("dns.ptr", "fail", "no PTR"),
+        ("smtp.unknown_user", "fail", "accepted at RCPT time"),
+        ("smtp.port.465", "fail", "refused"),
+    ],
+)
+def test_bad_server_fault_caught(
+    bad_report: dict[str, dict[str, Any]], check_id: str, status: str, words: str
+) -> None:
+    result = bad_report[check_id]
+    assert result["status"] == status, result
+    assert words in result["reason"], result
+
+
+def test_bad_server_faults_are_not_blamed_elsewhere(bad_report: dict[str, dict[str, Any]]) -> None:
+    # Expired and wrong-name certificates are judged by their own checks; the chain itself is trusted.
+    assert bad_report["tls.cert.chain"]["status"] == "pass", bad_report["tls.cert.chain"]
+    assert bad_report["smtp.port.25"]["status"] == "pass"
+    assert bad_report["smtp.postmaster"]["status"] == "pass"
+
+
+def test_spf_with_too_many_lookups(lab: dict[str, Any]) -> None:
+    code, report = verify(
+        "mail.good.test",
+        "--domain",
+        "spf-many.test",
+        "--resolver",
+        lab["resolver"],
+        "--only",
+        "dns.spf",
+    )
+    (result,) = report["results"]
+    assert code == 1
+    assert result["status"] == "fail"
+    assert "11 DNS-querying terms (limit 10)" in result["reason"]
+
+
+def test_only_and_junit(lab: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "verify.xml"
+    result = CliRunner().invoke(
+        app,
+        [
+            "verify",
+            "mail.good.test",
+            "--resolver",
+            lab["resolver"],
+            "--only",
+            "smtp.port.*,dns.mx",
+            "--format",
+            "junit",
+            "--output",
+            str(out),
+            "--ca",
+            str(lab["ca"]),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import xml.etree.ElementTree as ET
+
+    cases = ET.parse(out).getroot().findall(".//testcase")
+    assert {c.get("name") for c in cases} == {"smtp.port.25", "smtp.port.587", "smtp.port.465", "dns.mx"}
+    assert "smtp.port.25" in result.stdout  # the table still prints
+
+
+@pytest.fixture
+def dead_resolver() -> Iterator[str]:
+    """A UDP socket that receives queries and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def silent_smtp() -> Iterator[str]:
+    """Port 25 on DEAD_IP accepts TCP (kernel backlog) but never says a word; the other ports are closed."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((DEAD_IP, 25))
+    sock.listen(64)
+    try:
+        yield DEAD_IP
+    finally:
+        sock.close()
+
+
+def test_dead_target_finishes_with_reasons(lab: dict[str, Any], dead_resolver: str, silent_smtp: str) -> None:
+    code, report = verify(
+        silent_smtp,
+        "--spec",
+        str(lab["good_spec"]),
+        "--resolver",
+        dead_resolver,
+        "--timeout",
+        "2",
+    )
+    results = by_id(report)
+    assert code == 1
+    assert results["smtp.port.25"]["status"] == "pass"  # TCP is accepted...
+    assert results["smtp.banner"]["status"] == "fail"  # ...but no greeting arrives
+    assert "timed out" in results["smtp.banner"]["reason"]
+    assert results["smtp.port.587"]["status"] == "fail"
+    assert "refused" in results["smtp.port.587"]["reason"]
+    assert results["imap.port.993"]["status"] == "fail"
+    for check_id in ("dns.mx", "dns.spf", "dns.ptr"):
+        assert results[check_id]["status"] == "fail"
+        assert "did not answer" in results[check_id]["reason"], results[check_id]
+    assert all(r["reason"] for r in report["results"])
+    assert "Traceback" not in json.dumps(report)
