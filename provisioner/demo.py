@@ -32,6 +32,8 @@ DEMO_HOSTS = (("mx1", "example.test.yml"), ("mx2", "example.net.yml"))
 def with_passwords(text: str, passwords: dict[str, str]) -> str:
     """The spec text with each listed mailbox's password_hash replaced by a fresh hash of its password."""
     yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096  # long hashes stay on one line
     data = yaml.load(text)
     for domain in data["domains"]:
         for box in domain.get("mailboxes", []):

@@ -141,9 +141,9 @@ def postfix_action(changed: dict[str, tuple[str | None, str]]) -> str:
     """none, reload or restart for Postfix, given changed paths -> (old text or None, new text)."""
     action = "none"
     for path, (old, new) in changed.items():
-        if not path.startswith("/etc/postfix/"):
+        directory, _, name = path.rpartition("/")
+        if not directory.endswith("/postfix"):
             continue
-        name = path.rsplit("/", 1)[1]
         if name == "master.cf":
             # Listener changes (ports, services) are safest with a fresh master process.
             return "restart"
@@ -157,9 +157,10 @@ def postfix_action(changed: dict[str, tuple[str | None, str]]) -> str:
 
 def dovecot_action(changed: dict[str, tuple[str | None, str]]) -> str:
     """none, reload or restart for Dovecot (the passwd-file is re-read by Dovecot on its own)."""
-    old_new = changed.get("/etc/dovecot/dovecot.conf")
-    if old_new is None:
+    conf = [path for path in changed if path.endswith("/dovecot/dovecot.conf")]
+    if not conf:
         return "none"
+    old_new = changed[conf[0]]
     old, new = old_new
     before, after = parse_dovecot_top(old or ""), parse_dovecot_top(new)
     if any(before.get(key) != after.get(key) for key in DOVECOT_RESTART_KEYS):

@@ -1,0 +1,96 @@
+"""The playbooks as Ansible sees them (syntax check, ansible-lint) and the tree module on real files.
+
+The tree module runs here as Ansible runs it on a host (a JSON arguments file), against a scratch
+directory instead of /etc, with the machine's real postmap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner import PLAYBOOKS_DIR, PROJECT_ROOT
+from provisioner import apply as apply_mod
+
+pytestmark = pytest.mark.integration
+
+TREE_MODULE = PLAYBOOKS_DIR / "roles" / "mailprov" / "library" / "mailprov_tree.py"
+
+
+def test_site_playbook_passes_the_syntax_check() -> None:
+    argv = [apply_mod.ansible_playbook_path(), "--syntax-check", "-i", "localhost,", str(apply_mod.PLAYBOOK)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=apply_mod.ansible_env(), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_playbooks_are_ansible_lint_clean() -> None:
+    lint = shutil.which("ansible-lint") or str(Path(sys.executable).parent / "ansible-lint")
+    if not Path(lint).exists():
+        pytest.skip("ansible-lint is not installed (pip install ansible-lint)")
+    proc = subprocess.run(
+        [lint, "--offline", "playbooks/"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _run_module(tmp: Path, args: dict, check: bool = False) -> dict:
+    payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check, "_ansible_diff": True}}
+    args_file = tmp / "args.json"
+    args_file.write_text(json.dumps(payload))
+    proc = subprocess.run(
+        [sys.executable, str(TREE_MODULE), str(args_file)], capture_output=True, text=True, timeout=60
+    )
+    result: dict = json.loads(proc.stdout)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the module sets root ownership on the files it writes")
+@pytest.mark.skipif(shutil.which("postmap") is None, reason="postmap is not installed (Debian: postfix)")
+def test_tree_module_stages_activates_with_backup_and_restores(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    (live / "etc/postfix").mkdir(parents=True)
+    main_cf = live / "etc/postfix/main.cf"
+    main_cf.write_text("inet_interfaces = all\nmyhostname = old.example\n")
+    vmailbox = str(live / "etc/postfix/vmailbox")
+    new_main = "inet_interfaces = all\nmyhostname = new.example\n"
+    files = [
+        {"path": str(main_cf), "content": new_main, "owner": "root", "group": "root", "mode": "0644"},
+        {"path": vmailbox, "content": None, "owner": "root", "group": "root", "mode": "0640"},
+    ]
+    common = {"maps": [vmailbox], "map_type": "hash", "stage": str(tmp_path / "stage")}
+    secret = {vmailbox: "a@example.test example.test/a/\n"}
+
+    preview = _run_module(
+        tmp_path, {"state": "staged", "files": files, "secret_contents": secret, **common}, True
+    )
+    assert preview["changed"] and sorted(preview["differs"]) == sorted([str(main_cf), vmailbox])
+    assert not (tmp_path / "stage").exists()
+    hidden = next(d for d in preview["diff"] if d["after_header"] == vmailbox)
+    assert "example.test/a/" not in json.dumps(hidden)
+
+    staged = _run_module(tmp_path, {"state": "staged", "files": files, "secret_contents": secret, **common})
+    assert not staged["changed"] and not staged["up_to_date"]
+    assert (tmp_path / "stage" / str(main_cf).lstrip("/")).read_text() == new_main
+    assert main_cf.read_text().endswith("old.example\n")
+
+    backups = tmp_path / "backups"
+    active = _run_module(tmp_path, {"state": "active", "run_id": "R1", "backup_root": str(backups), **common})
+    assert active["changed"] and active["postfix_action"] == "reload"
+    assert main_cf.read_text() == new_main
+    assert Path(vmailbox + ".db").is_file()
+    assert oct(Path(vmailbox).stat().st_mode & 0o777) == "0o640"
+    assert (backups / "R1" / str(main_cf).lstrip("/")).read_text().endswith("old.example\n")
+
+    again = _run_module(tmp_path, {"state": "staged", "files": files, "secret_contents": secret, **common})
+    assert again["up_to_date"]
+
+    restored = _run_module(tmp_path, {"state": "restored", "backup_dir": str(backups / "R1")})
+    assert restored["changed"]
+    assert main_cf.read_text().endswith("old.example\n")
+    assert not Path(vmailbox).exists() and not Path(vmailbox + ".db").exists()

@@ -1,0 +1,315 @@
+"""Unit tests for the pure parts of apply: plans, command line, environment, events, recap, module logic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import stat
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from typer.testing import CliRunner
+
+from provisioner import PLAYBOOKS_DIR, profiles
+from provisioner import apply as apply_mod
+from provisioner import render as render_mod
+from provisioner import spec as spec_mod
+from provisioner.cli import app
+from provisioner.demo import EXAMPLES, demo_specs, with_passwords
+from provisioner.errors import UsageError
+from provisioner.passwords import verify_password
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mail.yml"
+LIBRARY = PLAYBOOKS_DIR / "roles" / "mailprov" / "library"
+
+
+def _module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, LIBRARY / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model() -> spec_mod.Spec:
+    return spec_mod.load(EXAMPLE)
+
+
+# --- plan -------------------------------------------------------------------------------------------------
+
+
+def test_profile_map_covers_every_profile() -> None:
+    assert apply_mod.profile_map() == {"RedHat-9": "el9", "RedHat-10": "el10", "Debian-12": "debian12"}
+
+
+def test_plan_keeps_secrets_apart_and_matches_the_render(model: spec_mod.Spec) -> None:
+    profile = profiles.get("el10")
+    files = render_mod.render(model, profile)
+    plan = apply_mod.plan(model, profile, files)
+    paths = [entry["path"] for entry in plan["files"]]
+    assert paths == sorted("/" + rel for rel in files)
+    users = next(e for e in plan["files"] if e["path"] == "/etc/dovecot/users")
+    assert users["content"] is None and (users["group"], users["mode"]) == ("dovecot", "0640")
+    assert plan["secret_contents"] == {"/etc/dovecot/users": files["etc/dovecot/users"]}
+    assert model.mailboxes[0].password_hash not in json.dumps(plan["files"])
+    main_cf = next(e for e in plan["files"] if e["path"] == "/etc/postfix/main.cf")
+    assert main_cf["content"] == files["etc/postfix/main.cf"]
+    assert plan["digest"] == render_mod.tree_digest(files)
+    assert plan["map_type"] == "lmdb" and "postfix-lmdb" in plan["packages"]
+    assert plan["maps"] == ["/etc/postfix/vdomains", "/etc/postfix/vmailbox", "/etc/postfix/virtual"]
+    assert plan["selinux"] is True and plan["mta_alternative"] == "/usr/sbin/sendmail.postfix"
+
+
+def test_plan_opens_only_the_served_ports(model: spec_mod.Spec) -> None:
+    no_pop = model.model_copy(update={"pop3": False})
+    el9 = apply_mod.plan(no_pop, profiles.get("el9"), render_mod.render(no_pop, profiles.get("el9")))
+    assert el9["firewall"]["services"] == ["smtp", "imap", "smtps", "smtp-submission", "imaps"]
+    assert "pop3" in el9["firewall"]["managed"] and "pop3" not in el9["firewall"]["services"]
+    el10 = apply_mod.plan(no_pop, profiles.get("el10"), render_mod.render(no_pop, profiles.get("el10")))
+    assert "submission" in el10["firewall"]["services"]
+    assert [p["port"] for p in el9["probe"]["ports"]] == [25, 143, 465, 587, 993]
+    assert {p["port"]: p["kind"] for p in el9["probe"]["ports"]}[465] == "tls"
+
+
+def test_probe_host_follows_the_listen_addresses(model: spec_mod.Spec) -> None:
+    assert apply_mod.probe_host(model) == "127.0.0.1"
+    pinned = spec_mod.from_data(
+        {**_data(), "network": {"interfaces": ["192.0.2.25"], "ipv4": True, "ipv6": False}}
+    )
+    assert apply_mod.probe_host(pinned) == "192.0.2.25"
+
+
+def _data() -> dict:
+    from ruamel.yaml import YAML
+
+    return dict(YAML(typ="safe").load(EXAMPLE.read_text()))
+
+
+def test_write_build_renders_every_profile_privately(model: spec_mod.Spec, tmp_path: Path) -> None:
+    build = apply_mod.write_build(model, tmp_path / "b")
+    assert stat.S_IMODE(build.stat().st_mode) == 0o700
+    for name in profiles.PROFILES:
+        plan_file = build / f"{name}.json"
+        assert stat.S_IMODE(plan_file.stat().st_mode) == 0o600
+        plan = json.loads(plan_file.read_text())["mailprov_plan"]
+        assert plan["profile"] == name
+        assert (build / name / "tree" / "etc/postfix/main.cf").is_file()
+
+
+def test_write_build_transform_changes_the_plan(model: spec_mod.Spec, tmp_path: Path) -> None:
+    def inject(files: dict[str, str]) -> dict[str, str]:
+        files["etc/postfix/main.cf"] += "bogus = 1\n"
+        return files
+
+    build = apply_mod.write_build(model, tmp_path, inject, [profiles.get("debian12")])
+    plan = json.loads((build / "debian12.json").read_text())["mailprov_plan"]
+    main_cf = next(e for e in plan["files"] if e["path"] == "/etc/postfix/main.cf")
+    assert main_cf["content"].endswith("bogus = 1\n")
+
+
+def test_extra_vars() -> None:
+    data = apply_mod.extra_vars(Path("/b/default"), {"mx2": Path("/b/host-mx2")}, run_id="R1")
+    assert data["mailprov_build"] == "/b/default"
+    assert data["mailprov_builds"] == {"mx2": "/b/host-mx2"}
+    assert data["mailprov_run_id"] == "R1"
+    assert data["mailprov_profile_map"]["Debian-12"] == "debian12"
+    assert "mailprov_build" not in apply_mod.extra_vars(None, {"mx1": Path("/x")})
+
+
+# --- command line and environment ---------------------------------------------------------------------------
+
+
+def test_playbook_command() -> None:
+    argv = apply_mod.playbook_command("inv.ini", Path("/b/vars.json"))
+    assert argv == ["ansible-playbook", "-i", "inv.ini", "-e", "@/b/vars.json", str(apply_mod.PLAYBOOK)]
+    argv = apply_mod.playbook_command(
+        "inv.ini", Path("/v.json"), check=True, diff=True, limit="mx1,mx2", tags="config", executable="/x/ap"
+    )
+    assert argv[0] == "/x/ap"
+    assert argv[5:11] == ["--check", "--diff", "--limit", "mx1,mx2", "--tags", "config"]
+
+
+def test_ansible_env_uses_our_config_and_callback() -> None:
+    env = apply_mod.ansible_env({"PATH": "/usr/bin", "ANSIBLE_STDOUT_CALLBACK": "yaml"})
+    assert env["PATH"] == "/usr/bin"
+    assert env["ANSIBLE_STDOUT_CALLBACK"] == "mailprov_events"
+    assert Path(env["ANSIBLE_CONFIG"]).is_file()
+    assert (Path(env["ANSIBLE_CALLBACK_PLUGINS"]) / "mailprov_events.py").is_file()
+    cfg = Path(env["ANSIBLE_CONFIG"]).read_text()
+    assert "pipelining = True" in cfg and "ControlPersist" in cfg
+
+
+# --- events and recap ---------------------------------------------------------------------------------------
+
+
+def test_parse_event() -> None:
+    assert apply_mod.parse_event('{"event": "task", "name": "x"}\n') == {"event": "task", "name": "x"}
+    assert apply_mod.parse_event("[WARNING]: something") is None
+    assert apply_mod.parse_event("{not json") is None
+    assert apply_mod.parse_event('{"no_event": 1}') is None
+
+
+def test_recap_folds_events() -> None:
+    recap = apply_mod.Recap()
+    events = [
+        {
+            "event": "result",
+            "host": "mx1",
+            "task": "t1",
+            "status": "changed",
+            "files": ["/etc/postfix/main.cf"],
+        },
+        {
+            "event": "result",
+            "host": "mx1",
+            "task": "rec",
+            "status": "changed",
+            "files": ["/etc/mailprov/applied.json"],
+        },
+        {"event": "result", "host": "mx2", "task": "probe", "status": "failed", "msg": "port 25: refused"},
+        {"event": "result", "host": "mx2", "task": "fail", "status": "failed", "msg": "rolled back: why"},
+        {
+            "event": "result",
+            "host": "mx2",
+            "task": "x",
+            "status": "failed",
+            "msg": "ignored",
+            "ignored": True,
+        },
+        {
+            "event": "stats",
+            "hosts": {
+                "mx1": {"ok": 20, "changed": 2, "failed": 0, "unreachable": 0, "skipped": 5, "rescued": 0},
+                "mx2": {"ok": 9, "changed": 1, "failed": 1, "unreachable": 0, "skipped": 3, "rescued": 1},
+            },
+        },
+    ]
+    for event in events:
+        recap.feed(event)
+    result = recap.result
+    assert result.hosts["mx1"].files_changed == ["/etc/postfix/main.cf"]
+    assert (result.hosts["mx1"].ok, result.hosts["mx1"].changed) == (20, 2)
+    assert [f["task"] for f in result.hosts["mx2"].failures] == ["probe", "fail"]
+    assert apply_mod.final_failure(result.hosts["mx2"]) == "rolled back: why"
+    assert not result.ok and result.changed == 3
+    data = result.to_dict()
+    assert set(data["hosts"]["mx1"]) >= {"ok", "changed", "failed", "unreachable", "files_changed"}
+    assert json.loads(json.dumps(data))["hosts"]["mx2"]["failed"] == 1
+
+
+def test_result_ok_needs_hosts_and_a_clean_exit() -> None:
+    assert not apply_mod.ApplyResult().ok
+    result = apply_mod.ApplyResult(hosts={"mx1": apply_mod.HostRecap(ok=3)})
+    assert result.ok
+    result.returncode = 2
+    assert not result.ok
+
+
+def test_run_refuses_a_missing_inventory(model: spec_mod.Spec, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="inventory"):
+        apply_mod.run(apply_mod.ApplyRequest(inventory=tmp_path / "nope.ini", spec=model))
+
+
+# --- the Ansible modules' pure logic ------------------------------------------------------------------------
+
+
+def test_tree_module_decides_reload_or_restart() -> None:
+    tree = _module("mailprov_tree")
+    main_old = "inet_interfaces = all\nmyhostname = a\n"
+    assert tree.postfix_action({}) == "none"
+    assert tree.postfix_action({"/etc/postfix/vmailbox": ("a", "b")}) == "none"
+    assert (
+        tree.postfix_action(
+            {"/etc/postfix/main.cf": (main_old, main_old.replace("myhostname = a", "myhostname = b"))}
+        )
+        == "reload"
+    )
+    restart = {"/etc/postfix/main.cf": (main_old, main_old.replace("all", "loopback-only"))}
+    assert tree.postfix_action(restart) == "restart"
+    assert tree.postfix_action({"/etc/postfix/master.cf": ("x", "y")}) == "restart"
+    assert tree.postfix_action({"/etc/postfix/main.cf": (None, main_old)}) == "restart"
+    conf = "protocols = imap lmtp\nssl = required\nservice imap-login {\n  inet_listener imap {\n    port = 143\n  }\n}\n"
+    assert tree.dovecot_action({"/etc/dovecot/users": ("a", "b")}) == "none"
+    assert (
+        tree.dovecot_action({"/etc/dovecot/dovecot.conf": (conf, conf.replace("required", "yes"))})
+        == "reload"
+    )
+    assert (
+        tree.dovecot_action(
+            {"/etc/dovecot/dovecot.conf": (conf, conf.replace("imap lmtp", "imap pop3 lmtp"))}
+        )
+        == "restart"
+    )
+    assert (
+        tree.dovecot_action({"/etc/dovecot/dovecot.conf": (conf, conf.replace("143", "1143"))}) == "restart"
+    )
+
+
+def test_tree_module_parsers() -> None:
+    tree = _module("mailprov_tree")
+    assert tree.parse_main_cf("# c\na = 1\nb = x,\n  y\n") == {"a": "1", "b": "x, y"}
+    assert tree.parse_dovecot_top("protocols = imap\nplugin {\n  quota = x\n}\n") == {"protocols": "imap"}
+    assert tree.map_file("/etc/postfix/vmailbox", "lmdb") == "/etc/postfix/vmailbox.lmdb"
+    assert tree.map_file("/etc/postfix/vmailbox", "hash") == "/etc/postfix/vmailbox.db"
+
+
+def test_firewalld_module_plan() -> None:
+    fw = _module("mailprov_firewalld")
+    add, remove = fw.plan(["ssh", "smtp", "pop3"], ["smtp", "imaps"], ["smtp", "imaps", "pop3", "pop3s"])
+    assert (add, remove) == (["imaps"], ["pop3"])
+    assert fw.plan(["ssh"], [], ["smtp"]) == ([], [])
+
+
+def test_rendered_tree_and_plan_agree_for_real_profiles(model: spec_mod.Spec) -> None:
+    for profile in profiles.PROFILES.values():
+        files = render_mod.render(model, profile)
+        plan = apply_mod.plan(model, profile, files)
+        assert plan["tls"]["cert"] == profile.tls_cert and plan["tls"]["key"] == profile.tls_key
+        assert all(p in files for p in render_mod.POSTFIX_MAPS)
+
+
+# --- demo ---------------------------------------------------------------------------------------------------
+
+
+def test_demo_specs_get_fresh_passwords() -> None:
+    specs, passwords = demo_specs()
+    assert set(specs) == {"mx1", "mx2"}
+    assert set(passwords) == {"alice@example.test", "bob@example.net"}
+    for spec in specs.values():
+        for box in spec.mailboxes:
+            assert verify_password(passwords[box.address], box.password_hash)
+    assert passwords["alice@example.test"] != demo_specs()[1]["alice@example.test"]
+
+
+def test_with_passwords_keeps_other_fields() -> None:
+    text = (EXAMPLES / "example.net.yml").read_text()
+    out = with_passwords(text, {"bob@example.net": "s3cret-for-test"})
+    assert spec_mod.loads(out).pop3 is False
+    assert "s3cret-for-test" not in out
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------
+
+
+def test_apply_and_demo_have_help() -> None:
+    runner = CliRunner()
+    for command in ("apply", "demo"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Example:" in result.output
+
+
+def test_apply_cli_bad_input_exits_2(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["apply", str(EXAMPLE), "-i", str(tmp_path / "missing.ini")])
+    assert result.exit_code == 2
+    bad = tmp_path / "bad.yml"
+    bad.write_text("hostname: not a host\n")
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[mail]\n")
+    result = runner.invoke(app, ["apply", str(bad), "-i", str(inventory)])
+    assert result.exit_code == 2
