@@ -189,7 +189,7 @@ class Context:
         self.options = options
         self.spec = options.spec
         self.timeout = options.timeout
-        self.io_timeout = max(0.5, options.timeout * 0.8)
+        self.io_timeout = options.timeout * 0.7
         self._cells: dict[Any, _Cell] = {}
         self._cells_lock = threading.Lock()
         self.token = secrets.token_hex(6)
