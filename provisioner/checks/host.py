@@ -7,13 +7,20 @@ The same functions run inside pytest through provisioner/checks/test_mailprov_ho
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from provisioner import profiles
 from provisioner.checks.base import Result, Skip, Status, aggregate, check
 from provisioner.checks.context import Context
 from provisioner.checks.parsers import (
+    HIDDEN,
     diff_settings,
     judge_firewall,
     judge_listening,
@@ -29,9 +36,57 @@ from provisioner.errors import MailprovError
 
 _REDHAT = ("rhel", "redhat", "centos", "almalinux", "rocky", "fedora", "ol", "oracle")
 _DEBIAN = ("debian", "ubuntu")
-#: Where apply records the time of its last run (for SELinux denials "since the last apply").
-APPLY_STAMP = "/var/lib/mailprov/last-apply"
+#: The state file apply writes on each run; its mtime is "the last apply" for SELinux denials.
+APPLY_STAMP = "/etc/mailprov/applied.json"
 MAIL_FIREWALL_SERVICES = {"smtp", "smtps", "smtp-submission", "submission", "imap", "imaps", "pop3", "pop3s"}
+
+
+@contextlib.contextmanager
+def ssh_host(
+    user: str,
+    hostname: str,
+    port: int | None = None,
+    key: Path | None = None,
+    config: Path | None = None,
+    timeout: float = 10,
+) -> Iterator[Any]:
+    """A testinfra SSH host whose commands share one multiplexed connection, closed on exit.
+
+    Host checks run many short commands concurrently; without a shared master connection each pays a
+    full SSH handshake. The master lives in a private temporary directory and is stopped afterwards.
+    """
+    import testinfra
+
+    control_dir = Path(tempfile.mkdtemp(prefix="mailprov-ssh-"))
+    spec = f"ssh://{user}@{hostname}" + (f":{port}" if port else "")
+    kwargs: dict[str, Any] = {
+        "timeout": max(1, int(timeout)),
+        "ssh_extra_args": "-o BatchMode=yes",
+        "controlpath": str(control_dir / "master"),  # one host per run; testinfra %-formats this
+        "controlpersist": 30,
+    }
+    if key is not None:
+        kwargs["ssh_identity_file"] = str(key)
+    if config is not None:
+        kwargs["ssh_config"] = str(config)
+    try:
+        yield testinfra.get_host(spec, **kwargs)
+    finally:
+        for socket_path in control_dir.iterdir():
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", hostname],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )
+        shutil.rmtree(control_dir, ignore_errors=True)
+
+
+def _warm(ctx: Context) -> None:
+    """Open the SSH connection once before the checks' commands race to do it (the master is shared)."""
+    ctx.memo("host_warm", lambda: ctx.host.run("true"))
 
 
 def host_family(distribution: str) -> str | None:
@@ -48,6 +103,7 @@ def host_profile(ctx: Context) -> profiles.Profile | None:
     """The OS profile of the host from its facts, or None when it is not one mailprov knows."""
 
     def find() -> profiles.Profile | None:
+        _warm(ctx)
         info = ctx.host.system_info
         family = host_family(info.distribution)
         if family is None:
@@ -61,6 +117,7 @@ def host_profile(ctx: Context) -> profiles.Profile | None:
 
 
 def _run(ctx: Context, cmd: str) -> Any:
+    _warm(ctx)
     return ctx.host.run(cmd)
 
 
@@ -251,6 +308,8 @@ def _dovecot_subset(expected: dict[str, str], live: dict[str, str]) -> list[str]
     """Rendered Dovecot settings that differ live; values with $references compare as token subsets."""
     out = []
     for key, value in sorted(expected.items()):
+        if live.get(key) == HIDDEN:
+            continue  # a secret doveconf will not show; not compared
         if key not in live:
             out.append(f"dovecot {key}: missing (expected {value!r})")
             continue
@@ -289,7 +348,9 @@ def drift(ctx: Context) -> Result:
     if "etc/dovecot/dovecot.conf" in files:
         rendered = parse_dovecot_conf(files["etc/dovecot/dovecot.conf"])
         differences += _dovecot_subset(rendered, parse_dovecot_conf(_run(ctx, "doveconf").stdout))
-        extra = set(parse_dovecot_conf(_run(ctx, "doveconf -n").stdout)) - set(rendered)
+        live_n = parse_dovecot_conf(_run(ctx, "doveconf -n").stdout)
+        # doveconf -n also prints empty defaults inside sections (namespace location =, prefix =).
+        extra = {key for key, value in live_n.items() if value and key not in rendered}
         differences += [f"dovecot {key}: set live, not in the rendered config" for key in sorted(extra)]
     if differences:
         return Result(

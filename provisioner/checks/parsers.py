@@ -710,11 +710,16 @@ def parse_master_cf(text: str) -> list[str]:
     return sorted(" ".join(e.split()) for e in entries)
 
 
+HIDDEN = "<hidden>"
+
+
 def parse_dovecot_conf(text: str) -> dict[str, str]:
     """Dovecot config text or `doveconf` output -> {'section/sub/key': value}; includes are ignored."""
     out: dict[str, str] = {}
     stack: list[str] = []
     for raw in text.splitlines():
+        # doveconf hides secrets ("ssl_key = # hidden, use -P to show it"): keep a marker, not ''.
+        raw = raw.replace("# hidden, use -P to show it", HIDDEN)
         line = raw.split("#", 1)[0].strip() if not raw.strip().startswith("#") else ""
         if not line or line.startswith("!include"):
             continue
@@ -727,7 +732,10 @@ def parse_dovecot_conf(text: str) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if sep:
-            out["/".join([*stack, key.strip()])] = " ".join(value.split())
+            value = " ".join(value.split())
+            if len(value) >= 2 and value[0] == value[-1] == '"':  # doveconf quotes values with spaces
+                value = value[1:-1].strip()
+            out["/".join([*stack, key.strip()])] = value
     return out
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -72,29 +74,27 @@ def _target(value: str) -> str:
         raise UsageError(f"TARGET: expected a host name or IP address, got {value!r}") from None
 
 
+@contextlib.contextmanager
 def testinfra_host(
     ssh: str | None, ssh_key: Path | None, ssh_config: Path | None, local: bool, timeout: float
-) -> Any:
-    """A pytest-testinfra host for --ssh/--local (None without either)."""
+) -> Iterator[Any]:
+    """The pytest-testinfra host for --ssh/--local (None without either), cleaned up afterwards."""
     if ssh and local:
         raise UsageError("--ssh and --local exclude each other: check a remote host or this one")
     if (ssh_key or ssh_config) and not ssh:
         raise UsageError("--ssh-key/--ssh-config: only used with --ssh USER@HOST")
-    if not ssh and not local:
-        return None
-    import testinfra
-
     if local:
-        return testinfra.get_host("local://")
-    assert ssh is not None
-    user, host, port = parse_ssh(ssh)
-    spec = f"ssh://{user}@{host}" + (f":{port}" if port else "")
-    kwargs: dict[str, Any] = {"timeout": max(1, int(timeout)), "ssh_extra_args": "-o BatchMode=yes"}
-    if ssh_key is not None:
-        kwargs["ssh_identity_file"] = str(ssh_key)
-    if ssh_config is not None:
-        kwargs["ssh_config"] = str(ssh_config)
-    return testinfra.get_host(spec, **kwargs)
+        import testinfra
+
+        yield testinfra.get_host("local://")
+    elif ssh:
+        from provisioner.checks.host import ssh_host
+
+        user, host, port = parse_ssh(ssh)
+        with ssh_host(user, host, port, ssh_key, ssh_config, timeout) as connected:
+            yield connected
+    else:
+        yield None
 
 
 @handle_errors
@@ -167,18 +167,19 @@ def verify_cmd(
         password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
         if not password:
             raise UsageError(f"--password-file: {password_file} is empty")
-    options = Options(
-        target=_target(target),
-        spec=spec_mod.load(spec_file) if spec_file else None,
-        domains=domains,
-        resolver=parse_resolver(resolver) if resolver else None,
-        ca=ca,
-        user=user,
-        password=password,
-        host=testinfra_host(ssh, ssh_key, ssh_config, local, timeout),
-        timeout=timeout,
-    )
-    report = verify(options, patterns or None)
+    with testinfra_host(ssh, ssh_key, ssh_config, local, timeout) as host:
+        options = Options(
+            target=_target(target),
+            spec=spec_mod.load(spec_file) if spec_file else None,
+            domains=domains,
+            resolver=parse_resolver(resolver) if resolver else None,
+            ca=ca,
+            user=user,
+            password=password,
+            host=host,
+            timeout=timeout,
+        )
+        report = verify(options, patterns or None)
     if output is not None:
         output.write_text(render_report(report, fmt.value), encoding="utf-8")
         print_table(report)

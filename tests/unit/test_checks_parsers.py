@@ -472,3 +472,9 @@ def test_firewall() -> None:
         "fail",
         "firewall also opens 110/tcp",
     )
+
+
+def test_doveconf_output_quirks() -> None:
+    doveconf = 'mail_plugins = " quota"\nssl_key = # hidden, use -P to show it\nnamespace inbox {\n  location = \n}\n'
+    parsed = p.parse_dovecot_conf(doveconf)
+    assert parsed == {"mail_plugins": "quota", "ssl_key": p.HIDDEN, "namespace inbox/location": ""}
