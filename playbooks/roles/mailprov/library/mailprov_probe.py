@@ -97,8 +97,11 @@ def main() -> None:
     if rc != 0:
         problems.append(f"postfix status: {(err or out).strip() or f'exit {rc}'}")
     rc, out, err = module.run_command(["doveadm", "service", "status"])
+    if rc != 0 and "Unknown command" in (err + out):
+        # Older Dovecot 2.3 without `service status`: `who` also needs a running master (anvil).
+        rc, out, err = module.run_command(["doveadm", "who"])
     if rc != 0:
-        problems.append(f"doveadm service status: {(err or out).strip() or f'exit {rc}'}")
+        problems.append(f"doveadm: {(err or out).strip() or f'exit {rc}'}")
     for path in params["sockets"]:
         try:
             if not stat.S_ISSOCK(os.stat(path).st_mode):
