@@ -40,6 +40,8 @@ CALLBACK_NAME = "mailprov_events"
 SECRET_PATHS = frozenset({"etc/dovecot/users"})
 #: Greeting kind of each port for the post-activation probe.
 PORT_KINDS = {25: "smtp", 587: "smtp", 465: "tls", 143: "imap", 993: "tls", 110: "pop3", 995: "tls"}
+#: What the SELinux tasks run (semanage fcontext); restorecon comes with the base system.
+SELINUX_PACKAGES = ("policycoreutils-python-utils",)
 #: Sockets Dovecot creates for Postfix (LMTP delivery, SASL).
 SOCKETS = ("/var/spool/postfix/private/dovecot-lmtp", "/var/spool/postfix/private/auth")
 
@@ -94,7 +96,8 @@ def plan(
     return {
         "profile": profile.name,
         "title": profile.title,
-        "packages": list(profile.packages),
+        # semanage (SELinux file contexts) comes with the EL profile's packages.
+        "packages": list(profile.packages) + (list(SELINUX_PACKAGES) if profile.selinux else []),
         "map_type": profile.map_type,
         "maps": ["/" + m for m in render_mod.POSTFIX_MAPS if m in files],
         "files": entries,

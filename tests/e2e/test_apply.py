@@ -279,3 +279,14 @@ def test_unknown_inventory_is_bad_input(world: World) -> None:
     code, _, stderr = cli_apply(world, world.spec_files[HOST1], HOST1, "-i", os.devnull + "-missing")
     assert code == 2
     assert "inventory" in stderr and "Traceback" not in stderr
+
+
+def test_demo_runs_end_to_end(lab: Lab, tmp_path: Path) -> None:
+    """`mailprov demo` in a lab of its own (the session lab only gates on root and tools); always torn down."""
+    from rich.console import Console
+
+    from provisioner import demo
+
+    console = Console(stderr=True, width=160)
+    assert demo.run(lab_dir=tmp_path / "demo-lab", keep=False, console=console)
+    assert not (tmp_path / "demo-lab" / "state.json").exists()

@@ -94,3 +94,25 @@ def test_tree_module_stages_activates_with_backup_and_restores(tmp_path: Path) -
     assert restored["changed"]
     assert main_cf.read_text().endswith("old.example\n")
     assert not Path(vmailbox).exists() and not Path(vmailbox + ".db").exists()
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (Debian: vagrant)")
+def test_vagrantfile_validates_offline(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
+        "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot-vagrant"),
+        "VAGRANT_CHECKPOINT_DISABLE": "1",
+    }
+    for box in ("", "rockylinux/9", "debian/bookworm64"):
+        run_env = {**env, "MAILPROV_BOX": box} if box else env
+        proc = subprocess.run(
+            ["vagrant", "validate"],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env=run_env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "validated successfully" in proc.stdout
