@@ -9,6 +9,7 @@ host. Prints the figures; asserts nothing. Needs root; uses its own lab director
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def main() -> None:
     finally:
         if not args.keep:
             lab.down()
+            shutil.rmtree(lab.dir, ignore_errors=True)
     print()
     print(f"{'case':<34} {'1 host':>8} {'3 hosts':>8} {'ratio':>6}")
     for key, label in (("first", "first apply (fresh host)"), ("noop_median", "no-change re-apply (median)")):
