@@ -1,22 +1,23 @@
-"""Test logins (SMTP AUTH, IMAP, POP3), done once per run in two concurrent phases.
+"""Test logins (SMTP AUTH, IMAP, POP3), done once per run in two phases.
 
-Dovecot (and other servers) delay every authentication from an address that recently failed one
-(Dovecot's auth penalty, seconds per failure). So all good-password logins happen first, together and
-after smtp.roundtrip has logged in; then the wrong-password attempts: each connection is opened and made
-ready first, and all send their single credential command at the same instant (a barrier), so none of
-them waits on another's failure. SMTP uses one SASL mechanism (smtplib's login() would retry the wrong
-password with a second mechanism). smtp.auth, imap.login and pop3.login read this shared matrix.
+Servers slow down authentication from an address that recently failed one (Dovecot's auth penalty:
+each failure seen before a new attempt starts delays that attempt by seconds, and the penalty outlives
+the run). So verify does all good-password logins first (together, and after smtp.roundtrip has logged
+in), then the wrong-password attempts as one burst: every connection is opened and made ready first, then
+one thread writes the three credential commands back to back and only then reads the replies, so the
+server starts them all before it has failed any. One identical wrong password is used, which Dovecot
+counts once. SMTP sends a single SASL mechanism (smtplib's login() would retry with another).
+smtp.auth, imap.login and pop3.login read the resulting matrix.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
 import poplib
 import smtplib
 import ssl
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from provisioner.checks.context import Context, client_context, describe
@@ -24,36 +25,60 @@ from provisioner.checks.parsers import text_of
 
 WRONG_PASSWORD = "mailprov-verify-wrong-password"
 Outcome = tuple[bool, str]  # (login accepted, what the server said)
-#: Opens a ready connection and returns (send the password -> Outcome, close).
-Prepared = tuple[Callable[[str], Outcome], Callable[[], None]]
 
 
-def _smtp_prepare(ctx: Context, port: int) -> Prepared:
-    client = ctx.smtp_client(port)
-    if port != 465:
-        client.starttls(context=client_context())
-        client.ehlo()
-    offered = client.esmtp_features.get("auth", "").upper().split()
-    mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+class Login:
+    """A connection made ready for one credential command: send() writes it, result() reads the verdict."""
 
-    def send(password: str) -> Outcome:
-        if mechanism is None:
-            return False, f"port {port} offers no AUTH PLAIN or LOGIN (offers: {' '.join(offered) or 'none'})"
-        client.user, client.password = ctx.options.user or "", password
-        authobject = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+    def send(self, password: str) -> None:
+        """Write the credential command (no reading)."""
+        raise NotImplementedError
+
+    def result(self) -> Outcome:
+        """Read the server's verdict on what send() wrote."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Log out / quit, ignoring errors."""
+
+
+class _SmtpLogin(Login):
+    def __init__(self, ctx: Context, port: int) -> None:
+        self.user = ctx.options.user or ""
+        self.port = port
+        self.client = ctx.smtp_client(port)
+        if port != 465:
+            self.client.starttls(context=client_context())
+            self.client.ehlo()
+        self.offered = self.client.esmtp_features.get("auth", "").upper().split()
+        self.outcome: Outcome | None = None
+
+    def send(self, password: str) -> None:
+        if "PLAIN" in self.offered:
+            token = base64.b64encode(f"\0{self.user}\0{password}".encode()).decode()
+            self.client.send(f"AUTH PLAIN {token}\r\n")
+        elif "LOGIN" in self.offered:  # a dialogue: cannot be split, done here
+            self.client.user, self.client.password = self.user, password
+            try:
+                code, msg = self.client.auth("LOGIN", self.client.auth_login, initial_response_ok=False)
+                self.outcome = (True, f"{code} {text_of(msg)}")
+            except smtplib.SMTPAuthenticationError as exc:
+                self.outcome = (False, f"{exc.smtp_code} {text_of(exc.smtp_error)}")
+        else:
+            shown = " ".join(self.offered) or "none"
+            self.outcome = (False, f"port {self.port} offers no AUTH PLAIN or LOGIN (offers: {shown})")
+
+    def result(self) -> Outcome:
+        if self.outcome is not None:
+            return self.outcome
+        code, msg = self.client.getreply()
+        return code == 235, f"{code} {text_of(msg)}"
+
+    def close(self) -> None:
         try:
-            code, msg = client.auth(mechanism, authobject, initial_response_ok=True)
-            return True, f"{code} {text_of(msg)}"
-        except smtplib.SMTPAuthenticationError as exc:
-            return False, f"{exc.smtp_code} {text_of(exc.smtp_error)}"
-
-    def close() -> None:
-        try:
-            client.quit()
+            self.client.quit()
         except (OSError, smtplib.SMTPException):
-            client.close()
-
-    return send, close
+            self.client.close()
 
 
 def imap_connect(ctx: Context) -> tuple[imaplib.IMAP4, str]:
@@ -71,50 +96,60 @@ def imap_connect(ctx: Context) -> tuple[imaplib.IMAP4, str]:
     return imap, "143+STARTTLS"
 
 
-def _imap_prepare(ctx: Context) -> Prepared:
-    imap, where = imap_connect(ctx)
+class _ImapLogin(Login):
+    def __init__(self, ctx: Context) -> None:
+        self.user = ctx.options.user or ""
+        self.imap, self.where = imap_connect(ctx)
+        self.tag = ""
 
-    def send(password: str) -> Outcome:
+    def send(self, password: str) -> None:
+        # imaplib's login() is _command + _command_complete; split so the command can be sent first.
+        self.tag = self.imap._command("LOGIN", self.user, self.imap._quote(password))  # type: ignore[attr-defined]
+
+    def result(self) -> Outcome:
         try:
-            typ, data = imap.login(ctx.options.user or "", password)
-            return True, f"{where}: {typ} {data[0].decode(errors='replace') if data else ''}".strip()
+            typ, data = self.imap._command_complete("LOGIN", self.tag)  # type: ignore[attr-defined]
         except imaplib.IMAP4.error as exc:
-            return False, f"{where}: {exc}"
+            return False, f"{self.where}: {exc}"
+        text = data[-1].decode(errors="replace") if data and isinstance(data[-1], bytes) else ""
+        return typ == "OK", f"{self.where}: {typ} {text}".strip()
 
-    def close() -> None:
+    def close(self) -> None:
         with contextlib.suppress(OSError, imaplib.IMAP4.error, ssl.SSLError):
-            imap.logout()
-
-    return send, close
+            self.imap.logout()
 
 
-def _pop3_prepare(ctx: Context) -> Prepared:
-    address = ctx.address()
-    pop: poplib.POP3 | None = None
-    where = "995"
-    if ctx.port_expected(995) is not False:
-        with contextlib.suppress(ConnectionRefusedError):
-            pop = poplib.POP3_SSL(address, 995, context=client_context(), timeout=ctx.io_timeout)
-    if pop is None:
-        pop = poplib.POP3(address, 110, timeout=ctx.io_timeout)
-        pop.stls(context=client_context())
-        where = "110+STLS"
-    pop.user(ctx.options.user or "")
-    connection = pop
+class _Pop3Login(Login):
+    def __init__(self, ctx: Context) -> None:
+        address = ctx.address()
+        pop: poplib.POP3 | None = None
+        self.where = "995"
+        if ctx.port_expected(995) is not False:
+            with contextlib.suppress(ConnectionRefusedError):
+                pop = poplib.POP3_SSL(address, 995, context=client_context(), timeout=ctx.io_timeout)
+        if pop is None:
+            pop = poplib.POP3(address, 110, timeout=ctx.io_timeout)
+            pop.stls(context=client_context())
+            self.where = "110+STLS"
+        pop.user(ctx.options.user or "")
+        self.pop = pop
 
-    def send(password: str) -> Outcome:
+    def send(self, password: str) -> None:
+        # poplib's pass_() is _putcmd + _getresp; split so the command can be sent first.
+        self.pop._putcmd(f"PASS {password}")  # type: ignore[attr-defined]
+
+    def result(self) -> Outcome:
         try:
-            return True, f"{where}: {connection.pass_(password).decode(errors='replace')}"
+            reply = self.pop._getresp()  # type: ignore[attr-defined]
+            return True, f"{self.where}: {reply.decode(errors='replace')}"
         except poplib.error_proto as exc:
-            return False, f"{where}: {exc}"
+            return False, f"{self.where}: {exc}"
 
-    def close() -> None:
+    def close(self) -> None:
         try:
-            connection.quit()
+            self.pop.quit()
         except (OSError, poplib.error_proto):
-            connection.close()
-
-    return send, close
+            self.pop.close()
 
 
 def submission_ports(ctx: Context) -> list[int]:
@@ -122,32 +157,58 @@ def submission_ports(ctx: Context) -> list[int]:
     return [p for p in (587, 465) if ctx.port_expected(p) is not False and ctx.smtp(p).tcp]
 
 
-def _prepare(ctx: Context, key: str) -> Prepared:
+def _prepare(ctx: Context, key: str) -> Login | Outcome:
+    """A ready Login for key ('smtp:587', 'imap', 'pop3'), or a failed Outcome."""
     protocol, _, port = key.partition(":")
-    if protocol == "smtp":
-        return _smtp_prepare(ctx, int(port))
-    if protocol == "imap":
-        return _imap_prepare(ctx)
-    return _pop3_prepare(ctx)
-
-
-def _attempt(ctx: Context, key: str, password: str, barrier: threading.Barrier | None = None) -> Outcome:
-    """Connect for key ('smtp:587', 'imap', 'pop3'), wait at the barrier, send the password."""
     try:
-        send, close = _prepare(ctx, key)
+        if protocol == "smtp":
+            return _SmtpLogin(ctx, int(port))
+        if protocol == "imap":
+            return _ImapLogin(ctx)
+        return _Pop3Login(ctx)
     except Exception as exc:
-        if barrier is not None:
-            barrier.abort()
         return False, f"error: {describe(exc)}"
+
+
+def _finish(login: Login) -> Outcome:
     try:
-        if barrier is not None:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                barrier.wait(ctx.io_timeout)
-        return send(password)
+        return login.result()
     except Exception as exc:
         return False, f"error: {describe(exc)}"
     finally:
-        close()
+        login.close()
+
+
+def _attempt(ctx: Context, key: str, password: str) -> Outcome:
+    """One complete login attempt."""
+    login = _prepare(ctx, key)
+    if isinstance(login, tuple):
+        return login
+    try:
+        login.send(password)
+    except Exception as exc:
+        login.close()
+        return False, f"error: {describe(exc)}"
+    return _finish(login)
+
+
+def _burst(ctx: Context, keys: list[str], password: str, pool: ThreadPoolExecutor) -> dict[str, Outcome]:
+    """Prepare all connections concurrently, send every credential command back to back, then read."""
+    prepared = dict(zip(keys, pool.map(lambda k: _prepare(ctx, k), keys), strict=True))
+    sent: dict[str, Login] = {}
+    out: dict[str, Outcome] = {}
+    for key, login in prepared.items():
+        if isinstance(login, tuple):
+            out[key] = login
+            continue
+        try:
+            login.send(password)
+            sent[key] = login
+        except Exception as exc:
+            login.close()
+            out[key] = (False, f"error: {describe(exc)}")
+    out.update(zip(sent, pool.map(_finish, sent.values()), strict=True))
+    return {key: out[key] for key in keys}
 
 
 def logins(ctx: Context) -> dict[str, Outcome]:
@@ -170,8 +231,5 @@ def _logins(ctx: Context) -> dict[str, Outcome]:
         good = dict(zip(keys, pool.map(lambda k: _attempt(ctx, k, password), keys), strict=True))
         if "smtp.roundtrip" in ctx.selected:
             ctx.roundtrip_logged_in.wait(ctx.io_timeout)
-        barrier = threading.Barrier(len(wrong))
-        bad = dict(
-            zip(wrong, pool.map(lambda k: _attempt(ctx, k, WRONG_PASSWORD, barrier), wrong), strict=True)
-        )
+        bad = _burst(ctx, wrong, WRONG_PASSWORD, pool)
     return {**good, **{f"wrong:{k}": v for k, v in bad.items()}}

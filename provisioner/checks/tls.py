@@ -71,9 +71,13 @@ def _by_certificate(id: str, facts: dict[int, CertFacts], judge: object, evidenc
 
 @check("tls.versions", "TLS 1.2+ offered, 1.0/1.1 refused", needs=("net",), severity="high")
 def versions(ctx: Context) -> Result:
-    """On each TLS port, TLS 1.2 or 1.3 is offered and TLS 1.0 and 1.1 are refused."""
+    """On each TLS port, TLS 1.2 or 1.3 is offered and TLS 1.0 and 1.1 are refused.
+
+    The version the shared probe negotiated shows what is offered at the top; only the old versions
+    are probed separately (a refusal costs the server no certificate signature).
+    """
     infos, _ = _certs(ctx, "tls.versions")
-    jobs = [(port, name, version) for port in infos for name, version in PROBED_VERSIONS]
+    jobs = [(port, name, version) for port in infos for name, version in PROBED_VERSIONS[:2]]
 
     def probe(job: tuple[int, str, ssl.TLSVersion]) -> tuple[int, str, bool, str]:
         port, name, version = job
@@ -85,15 +89,12 @@ def versions(ctx: Context) -> Result:
         except Exception as exc:
             return port, name, False, describe(exc)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
         outcomes = list(pool.map(probe, jobs))
-    offered: dict[int, list[str]] = {port: [] for port in infos}
-    errors: dict[int, str] = {}
-    for port, name, ok, error in outcomes:
+    offered: dict[int, list[str]] = {port: [info.version] for port, info in infos.items()}
+    for port, name, ok, _ in outcomes:
         if ok:
-            offered[port].append(name)
-        elif error:
-            errors.setdefault(port, error)
+            offered[port].insert(0, name)
     parts: dict[str, tuple[Status, str]] = {}
     for port, names in offered.items():
         old = [n for n in names if n in ("TLSv1", "TLSv1.1")]
@@ -103,10 +104,10 @@ def versions(ctx: Context) -> Result:
         elif not modern:
             parts[f"port {port}"] = (
                 "fail",
-                f"offers neither TLS 1.2 nor 1.3 ({errors.get(port, 'refused')})",
+                f"offers neither TLS 1.2 nor 1.3 (negotiated {names[-1] or '?'})",
             )
         else:
-            parts[f"port {port}"] = ("pass", " ".join(modern))
+            parts[f"port {port}"] = ("pass", f"{modern[0]}; TLSv1 and TLSv1.1 refused")
     statuses = {s for s, _ in parts.values()}
     if statuses == {"pass"} and len({r for _, r in parts.values()}) == 1:
         ((_, (_, reason)), *_) = parts.items()
