@@ -15,7 +15,7 @@ lint:
 	ruff check provisioner tests benchmarks
 	ruff format --check provisioner tests benchmarks
 	mypy provisioner
-	cd playbooks && ansible-lint --offline
+	ansible-lint --offline playbooks
 	vagrant validate
 
 test: setup lint
