@@ -6,16 +6,14 @@ serves exactly these records, and `mailprov verify` checks them.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provisioner.errors import UsageError
-from provisioner.spec import Spec
+from provisioner.spec import Spec, public_key_b64
 
 DEFAULT_TTL = 3600
 
@@ -51,20 +49,15 @@ def reverse_name(address: str) -> str:
 
 
 def dkim_public_key_b64(path: Path) -> str:
-    """The base64 key material for p= from a PEM public key or an existing 'v=DKIM1; ... p=...' text."""
-    text = path.read_text(encoding="utf-8")
-    if "p=" in text and "BEGIN" not in text:
-        match = re.search(r"p=([A-Za-z0-9+/=\s\"]+)", text)
-        if match:
-            return re.sub(r"[\s\"]", "", match.group(1))
-    body = "".join(
-        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----")
-    )
+    """The base64 key material for p= from a PEM public key or an existing 'v=DKIM1; ... p=...' text.
+
+    Kept for callers with a bare path; a loaded spec's key is `spec.dkim.public_key_b64` (from the
+    private or the public key), which is what records() and verify use.
+    """
     try:
-        base64.b64decode(body, validate=True)
-    except ValueError:
-        raise UsageError(f"dkim.public_key: {path} is not a PEM public key or DKIM record") from None
-    return body
+        return public_key_b64(path)
+    except ValueError as exc:
+        raise UsageError(f"dkim.public_key: {exc}") from None
 
 
 def mta_sts_policy(spec: Spec) -> str:
@@ -94,7 +87,7 @@ def records(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> lis
         out.append(Record(host, "AAAA", str(ipaddress.ip_address(ipv6))))
     # The HELO name gets its own SPF so that bounces (empty MAIL FROM) are authorised too.
     out.append(Record(host, "TXT", "v=spf1 a -all"))
-    dkim_key = dkim_public_key_b64(spec.dkim.public_key) if spec.dkim.public_key else None
+    dkim_key = spec.dkim.public_key_b64
     for domain in spec.domain_names:
         out.append(Record(domain, "MX", f"10 {host}"))
         out.append(Record(domain, "TXT", "v=spf1 mx -all"))
@@ -127,11 +120,13 @@ def advice(spec: Spec, ipv4: str | None, ipv6: str | None) -> list[str]:
                 f"ask the owner of {addr} (your provider) to set its PTR to {spec.hostname} "
                 "(forward-confirmed reverse DNS)"
             )
-    if not spec.dkim.public_key:
+    if spec.dkim.public_key_b64 is None:
         notes.append(
             f'DKIM: no key yet; publish {spec.dkim.selector}._domainkey.DOMAIN TXT "v=DKIM1; k=rsa; p=..." '
-            "once you have one (set dkim.public_key in mail.yml)"
+            "once you have one (`mailprov dkim-keygen`, then dkim.private_key in mail.yml signs and publishes)"
         )
+    elif not spec.dkim.signing:
+        notes.append("DKIM: the key is published but nothing signs with it (set dkim.private_key to sign)")
     notes.append(
         "MTA-STS: serve this policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt: "
         + mta_sts_policy(spec).replace("\n", "; ").rstrip("; ")

@@ -34,6 +34,20 @@ class Profile:
     #: Dovecot ssl_cipher_list: PROFILE=SYSTEM follows the RHEL crypto policy; '' keeps Dovecot's default.
     dovecot_cipher_list: str = ""
     mta_alternative: str = ""
+    #: OpenDKIM (signing when the spec has dkim.private_key). EL: from EPEL (enable EPEL, and CRB on EL9,
+    #: before applying; EPEL 10's opendkim is unverified); Debian: the distribution's package.
+    dkim_packages: tuple[str, ...] = ("opendkim",)
+    dkim_user: str = "opendkim"
+    dkim_service: str = "opendkim"
+    #: Directory of the signing key: created by the package, owner dkim_user.
+    dkim_key_dir: str = "/etc/opendkim/keys"
+    #: Where the unit expects the pid file (the rendered opendkim.conf must agree).
+    dkim_pidfile: str = "/run/opendkim/opendkim.pid"
+
+    @property
+    def dkim_key(self) -> str:
+        """Where apply installs the DKIM signing key (owner dkim_user, mode 0600)."""
+        return f"{self.dkim_key_dir}/mailprov.private"
 
     @property
     def compatibility_level(self) -> str:
@@ -123,6 +137,8 @@ PROFILES: dict[str, Profile] = {
         dovecot_group="dovecot",
         # Debian 12's firewalld 1.3 has EL9's service names.
         firewalld_services=_EL_FIREWALL,
+        # The package makes /etc/dkimkeys (opendkim, 0700) for keys.
+        dkim_key_dir="/etc/dkimkeys",
     ),
 }
 

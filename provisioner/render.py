@@ -37,6 +37,11 @@ class FileMeta:
     mode: str
 
 
+#: Templates rendered only when the spec signs with DKIM (dkim.private_key).
+DKIM_TEMPLATES = ("etc/opendkim.conf.j2", "etc/opendkim/")
+#: OpenDKIM's milter port on 127.0.0.1 (labelled milter_port_t by the SELinux policy).
+DKIM_MILTER_PORT = 8891
+
 #: Postfix lookup tables (sources) that need `postmap` with the profile's map type.
 POSTFIX_MAPS = ("etc/postfix/vdomains", "etc/postfix/vmailbox", "etc/postfix/virtual")
 
@@ -85,7 +90,13 @@ def context(spec: Spec, profile: Profile) -> dict[str, object]:
         "mynetworks": mynetworks,
         "default_scheme": "SHA512-CRYPT",
         "dovecot_users": _dovecot_users(spec),
+        "dkim_milter_port": DKIM_MILTER_PORT,
     }
+
+
+def wanted(name: str, spec: Spec) -> bool:
+    """Whether a template applies to the spec (OpenDKIM's files only when signing)."""
+    return spec.dkim.signing or not name.startswith(DKIM_TEMPLATES)
 
 
 def render(spec: Spec, profile: Profile) -> dict[str, str]:
@@ -95,6 +106,8 @@ def render(spec: Spec, profile: Profile) -> dict[str, str]:
     out: dict[str, str] = {}
     with paused_gc():
         for name in template_names():
+            if not wanted(name, spec):
+                continue
             try:
                 out[name.removesuffix(".j2")] = env.get_template(name).render(ctx)
             except jinja2.TemplateError as exc:

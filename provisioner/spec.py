@@ -7,6 +7,7 @@ mail.yml when known, and the expected form.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gc
 import ipaddress
@@ -290,11 +291,17 @@ class Network(_Strict):
 
 
 class DKIM(_Strict):
-    """DKIM: the selector whose public key is published at SELECTOR._domainkey.DOMAIN."""
+    """DKIM: the selector whose public key is published at SELECTOR._domainkey.DOMAIN, and the signing key.
+
+    One key signs mail of every domain of the spec (d=DOMAIN, s=SELECTOR); its public half is published
+    for each domain.
+    """
 
     selector: str = "mail"
     #: Path of a PEM public key (or a "v=DKIM1; ..." record text) to publish; otherwise a placeholder.
     public_key: Path | None = None
+    #: Path of a PEM RSA private key (>= 2048 bits) on the control machine: OpenDKIM signs with it.
+    private_key: Path | None = None
 
     @field_validator("selector", mode="before")
     @classmethod
@@ -307,9 +314,95 @@ class DKIM(_Strict):
     @field_validator("public_key", mode="after")
     @classmethod
     def _public_key(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"file not found: {value}")
+        if value is not None:
+            if not value.is_file():
+                raise ValueError(f"file not found: {value}")
+            public_key_b64(value)
         return value
+
+    @field_validator("private_key", mode="after")
+    @classmethod
+    def _private_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            private_key_b64(value)
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> DKIM:
+        if (
+            self.public_key is not None
+            and self.private_key is not None
+            and public_key_b64(self.public_key) != private_key_b64(self.private_key)
+        ):
+            raise ValueError(
+                f"public_key {self.public_key} is not the public half of private_key {self.private_key};"
+                " expected the same key pair (or set only private_key: the record is derived from it)"
+            )
+        return self
+
+    @property
+    def signing(self) -> bool:
+        """True when mail is signed (a private key is set)."""
+        return self.private_key is not None
+
+    @property
+    def public_key_b64(self) -> str | None:
+        """The base64 key for the p= tag of the DKIM record, from private_key or public_key; None if neither."""
+        if self.private_key is not None:
+            return private_key_b64(self.private_key)
+        if self.public_key is not None:
+            return public_key_b64(self.public_key)
+        return None
+
+
+_KEYGEN_HINT = "(create one with `mailprov dkim-keygen -o dkim/mail.key`)"
+DKIM_MIN_BITS = 2048
+
+
+def public_key_b64(path: Path) -> str:
+    """The base64 key material for p= from a PEM public key or an existing 'v=DKIM1; ... p=...' text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if "p=" in text and "BEGIN" not in text:
+        match = re.search(r"p=([A-Za-z0-9+/=\s\"]+)", text)
+        if match:
+            return re.sub(r"[\s\"]", "", match.group(1))
+    body = "".join(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----")
+    )
+    try:
+        base64.b64decode(body, validate=True)
+    except ValueError:
+        raise ValueError(f"{path} is not a PEM public key or DKIM record") from None
+    return body
+
+
+def private_key_b64(path: Path) -> str:
+    """Base64 DER (SubjectPublicKeyInfo) of the public half of a PEM RSA private key; ValueError if unfit."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    expected = f"expected a PEM RSA private key of at least {DKIM_MIN_BITS} bits {_KEYGEN_HINT}"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"file not found: {path}; {expected}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{path} is not an unencrypted PEM private key; {expected}") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{path} is not an RSA key; {expected}")
+    if key.key_size < DKIM_MIN_BITS:
+        raise ValueError(f"{path} is a {key.key_size}-bit key; {expected}")
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(der).decode("ascii")
 
 
 class DNSPolicy(_Strict):

@@ -46,7 +46,10 @@ message_size_limit: 50M
 # Optional smarthost for all outgoing mail:
 # relay_host: {{host: smtp.provider.example, port: 587}}
 
-dkim: {{selector: mail}}         # add public_key: /path/mail.pub to publish your DKIM key
+# DKIM: `mailprov dkim-keygen -o dkim/mail.key` makes a signing key; with private_key set, OpenDKIM signs
+# every domain's mail (d=DOMAIN, s=SELECTOR) and `mailprov dns` prints the record to publish.
+#   dkim: {{selector: mail, private_key: dkim/mail.key}}
+dkim: {{selector: mail}}
 dns: {{dmarc_policy: quarantine}} # or reject
 
 # Where the daemons listen: all, loopback-only, or a list of addresses.

@@ -25,7 +25,6 @@ from provisioner.checks.parsers import (
     spf_text,
     walk_spf,
 )
-from provisioner.dns import dkim_public_key_b64
 
 Judge = Callable[[Context, str], tuple[Status, str, object]]
 
@@ -179,14 +178,14 @@ def dkim(ctx: Context) -> Result:
     """SELECTOR._domainkey.DOMAIN holds a parseable key, the spec's key when it names one."""
     assert ctx.spec is not None
     selector = ctx.spec.dkim.selector
-    expected = dkim_public_key_b64(ctx.spec.dkim.public_key) if ctx.spec.dkim.public_key else None
+    expected = ctx.spec.dkim.public_key_b64
 
     def judge(ctx: Context, domain: str) -> tuple[Status, str, object]:
         name = f"{selector}._domainkey.{domain}"
         txts = [t for t in ctx.lookup(name, "TXT") or [] if "p=" in t]
         if not txts:
             if expected is None:
-                return "warn", f"no key at {name}, and the spec sets no dkim.public_key", None
+                return "warn", f"no key at {name}, and the spec sets no DKIM key", None
             return "fail", f"no DKIM key at {name}", None
         if len(txts) > 1:
             return "fail", f"{len(txts)} DKIM records at {name}", txts

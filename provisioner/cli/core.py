@@ -1,4 +1,4 @@
-"""Commands that need no host: init, render, dns, hash-password."""
+"""Commands that need no host: init, render, dns, hash-password, dkim-keygen."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from provisioner import dns, profiles, render, spec, starter
+from provisioner import dkimkeys, dns, profiles, render, spec, starter
 from provisioner.cli.common import handle_errors
 from provisioner.errors import UsageError
 from provisioner.passwords import hash_password
@@ -114,9 +114,28 @@ def hash_password_cmd(
     print(hash_password(password))
 
 
+@handle_errors
+def dkim_keygen_cmd(
+    output: Path = typer.Option(
+        Path("dkim/mail.key"), "-o", "--output", help="Where to write the private key (mode 0600)."
+    ),
+    bits: int = typer.Option(dkimkeys.DEFAULT_BITS, "--bits", help="RSA key size: 2048, 3072 or 4096."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing key."),
+) -> None:
+    """Generate an RSA DKIM signing key (PEM, mode 0600) for dkim.private_key in mail.yml.
+
+    Example: mailprov dkim-keygen -o dkim/mail.key  (then `mailprov dns mail.yml` shows the record)
+    """
+    path = dkimkeys.write_key(output, bits, force)
+    print(f"wrote {path} ({bits}-bit RSA, mode 0600; keep it private)")
+    print(f"use it in mail.yml:  dkim: {{selector: mail, private_key: {path}}}")
+    print("then publish the record `mailprov dns mail.yml` prints, and apply: OpenDKIM signs with it")
+
+
 def register(app: typer.Typer) -> None:
-    """Add init, render, dns and hash-password to the main app."""
+    """Add init, render, dns, hash-password and dkim-keygen to the main app."""
     app.command("init")(init)
     app.command("render")(render_cmd)
     app.command("dns")(dns_cmd)
     app.command("hash-password")(hash_password_cmd)
+    app.command("dkim-keygen")(dkim_keygen_cmd)

@@ -21,7 +21,9 @@ REGEN = os.environ.get("MAILPROV_REGEN_GOLDEN") == "1"
 
 @pytest.mark.parametrize("profile_name", sorted(profiles.PROFILES))
 @pytest.mark.parametrize("case", CASES)
-def test_render_matches_golden(case: str, profile_name: str) -> None:
+def test_render_matches_golden(case: str, profile_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Key files named in a case (tests/golden/dkim) are relative to the repository root, like a user's CWD.
+    monkeypatch.chdir(GOLDEN.parent.parent)
     files = render.render(spec.load(GOLDEN / case / "mail.yml"), profiles.get(profile_name))
     expected_dir = GOLDEN / case / "expected" / profile_name
     if REGEN:
