@@ -24,7 +24,15 @@ from provisioner.checks.context import Context, client_context, describe
 from provisioner.checks.parsers import text_of
 
 WRONG_PASSWORD = "mailprov-verify-wrong-password"
+#: Login checks may wait on the server on purpose (auth penalty up to 15 s, failure delay 2 s):
+#: they get this multiple of the per-check timeout, and their credential replies as long to arrive.
+AUTH_TIMEOUT_SCALE = 3.0
 Outcome = tuple[bool, str]  # (login accepted, what the server said)
+
+
+def auth_timeout(ctx: Context) -> float:
+    """How long a credential reply may take."""
+    return ctx.io_timeout * AUTH_TIMEOUT_SCALE
 
 
 class Login:
@@ -50,6 +58,8 @@ class _SmtpLogin(Login):
         if port != 465:
             self.client.starttls(context=client_context())
             self.client.ehlo()
+        if self.client.sock is not None:
+            self.client.sock.settimeout(auth_timeout(ctx))
         self.offered = self.client.esmtp_features.get("auth", "").upper().split()
         self.outcome: Outcome | None = None
 
@@ -100,6 +110,7 @@ class _ImapLogin(Login):
     def __init__(self, ctx: Context) -> None:
         self.user = ctx.options.user or ""
         self.imap, self.where = imap_connect(ctx)
+        self.imap.sock.settimeout(auth_timeout(ctx))
         self.tag = ""
 
     def send(self, password: str) -> None:
@@ -132,6 +143,7 @@ class _Pop3Login(Login):
             pop.stls(context=client_context())
             self.where = "110+STLS"
         pop.user(ctx.options.user or "")
+        pop.sock.settimeout(auth_timeout(ctx))
         self.pop = pop
 
     def send(self, password: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from provisioner.checks.base import Result, Skip, Status, aggregate, check
 from provisioner.checks.context import IMAP_PORTS, POP3_PORTS, Context, describe
-from provisioner.checks.credentials import logins
+from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, logins
 from provisioner.checks.parsers import judge_login_disabled
 
 
@@ -56,7 +56,12 @@ def login_disabled(ctx: Context) -> Result:
 
 
 def _login_check(protocol: str) -> None:
-    @check(f"{protocol}.login", f"{protocol.upper()} login over TLS", needs=("net", "creds"))
+    @check(
+        f"{protocol}.login",
+        f"{protocol.upper()} login over TLS",
+        needs=("net", "creds"),
+        timeout_scale=AUTH_TIMEOUT_SCALE,
+    )
     def login(ctx: Context) -> Result:
         """With test credentials, login over TLS works and a wrong password fails."""
         ports = IMAP_PORTS if protocol == "imap" else POP3_PORTS

@@ -754,6 +754,16 @@ def diff_settings(expected: dict[str, str], live: dict[str, str], both_ways: boo
     return out
 
 
+def parse_firewalld_zone(text: str) -> dict[str, str]:
+    """`firewall-cmd --list-all` output -> {'services': 'smtp ssh', 'ports': '8080/tcp', ...}."""
+    out: dict[str, str] = {}
+    for line in text.splitlines()[1:]:
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def judge_firewall(
     services: set[str], ports: set[str], expected: set[str], mail_services: set[str], mail_ports: set[int]
 ) -> tuple[Status, str]:

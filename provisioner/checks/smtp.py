@@ -15,7 +15,7 @@ from email.message import EmailMessage
 
 from provisioner.checks.base import Result, Skip, Status, aggregate, check
 from provisioner.checks.context import SMTP_PORTS, Context, client_context
-from provisioner.checks.credentials import imap_connect, logins, submission_ports
+from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, imap_connect, logins, submission_ports
 from provisioner.checks.parsers import (
     LookupFailed,
     judge_banner,
@@ -232,7 +232,9 @@ def unknown_user(ctx: Context) -> Result:
     return aggregate("smtp.unknown_user", parts)
 
 
-@check("smtp.auth", "Submission AUTH works after TLS", needs=("net", "creds"))
+@check(
+    "smtp.auth", "Submission AUTH works after TLS", needs=("net", "creds"), timeout_scale=AUTH_TIMEOUT_SCALE
+)
 def auth(ctx: Context) -> Result:
     """The good password is accepted on 587 (after STARTTLS) and 465; a wrong one is refused."""
     ports = submission_ports(ctx)

@@ -478,3 +478,28 @@ def test_doveconf_output_quirks() -> None:
     doveconf = 'mail_plugins = " quota"\nssl_key = # hidden, use -P to show it\nnamespace inbox {\n  location = \n}\n'
     parsed = p.parse_dovecot_conf(doveconf)
     assert parsed == {"mail_plugins": "quota", "ssl_key": p.HIDDEN, "namespace inbox/location": ""}
+
+
+def test_firewalld_list_all() -> None:
+    text = """public (active)
+  target: default
+  icmp-block-inversion: no
+  interfaces: host0
+  sources:
+  services: dhcpv6-client imap imaps smtp smtp-submission smtps ssh
+  ports: 8080/tcp
+  protocols:
+  forward: yes
+  rich rules:
+"""
+    zone = p.parse_firewalld_zone(text)
+    assert zone["services"].split() == [
+        "dhcpv6-client",
+        "imap",
+        "imaps",
+        "smtp",
+        "smtp-submission",
+        "smtps",
+        "ssh",
+    ]
+    assert zone["ports"] == "8080/tcp" and zone["sources"] == ""
