@@ -39,6 +39,8 @@ class FileMeta:
 
 #: Templates rendered only when the spec signs with DKIM (dkim.private_key).
 DKIM_TEMPLATES = ("etc/opendkim.conf.j2", "etc/opendkim/")
+#: Rendered only when the spec names resolvers for OpenDKIM.
+DKIM_RESOLVER_TEMPLATE = "etc/opendkim/resolver.conf.j2"
 #: OpenDKIM's milter port on 127.0.0.1 (labelled milter_port_t by the SELinux policy).
 DKIM_MILTER_PORT = 8891
 
@@ -96,6 +98,8 @@ def context(spec: Spec, profile: Profile) -> dict[str, object]:
 
 def wanted(name: str, spec: Spec) -> bool:
     """Whether a template applies to the spec (OpenDKIM's files only when signing)."""
+    if name == DKIM_RESOLVER_TEMPLATE:
+        return spec.dkim.signing and bool(spec.dkim.resolvers)
     return spec.dkim.signing or not name.startswith(DKIM_TEMPLATES)
 
 

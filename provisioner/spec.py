@@ -302,6 +302,9 @@ class DKIM(_Strict):
     public_key: Path | None = None
     #: Path of a PEM RSA private key (>= 2048 bits) on the control machine: OpenDKIM signs with it.
     private_key: Path | None = None
+    #: DNS resolvers OpenDKIM asks when verifying signatures. Empty: it resolves recursively by itself
+    #: (its libunbound ignores /etc/resolv.conf), which needs the internet and fails for .test names.
+    resolvers: list[str] = Field(default_factory=list)
 
     @field_validator("selector", mode="before")
     @classmethod
@@ -319,6 +322,21 @@ class DKIM(_Strict):
                 raise ValueError(f"file not found: {value}")
             public_key_b64(value)
         return value
+
+    @field_validator("resolvers", mode="before")
+    @classmethod
+    def _resolvers(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("expected a list of IP addresses such as [127.0.0.53]")
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_address(str(item).strip())))
+            except ValueError:
+                raise ValueError(f"expected an IP address, got {item!r}") from None
+        return out
 
     @field_validator("private_key", mode="after")
     @classmethod
