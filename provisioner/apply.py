@@ -13,6 +13,7 @@ unit tests; `run()` is the only place that starts a process.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -77,8 +78,14 @@ def plan(
     files: Mapping[str, str],
     tls_cert_src: str | None = None,
     tls_key_src: str | None = None,
+    dkim_key_src: str | None = None,
+    dkim_key_sha256: str = "",
 ) -> dict[str, Any]:
-    """The playbook's `mailprov_plan` for one profile: rendered files with ownership, and the host facts."""
+    """The playbook's `mailprov_plan` for one profile: rendered files with ownership, and the host facts.
+
+    The DKIM private key travels as a path on the control machine and a digest (to tell whether the
+    host's copy is current), never as content.
+    """
     entries = []
     secrets = {}
     for rel in sorted(files):
@@ -93,11 +100,20 @@ def plan(
         entries.append(entry)
     served = spec.open_ports
     services = [profile.firewalld_services[p] for p in served if p in profile.firewalld_services]
+    signing = spec.dkim.signing
+    probe_ports: list[dict[str, Any]] = [
+        {"port": p, "kind": PORT_KINDS[p]} for p in served if p in PORT_KINDS
+    ]
+    if signing:
+        # OpenDKIM's milter answers only after the client speaks: a TCP connect on loopback is the probe.
+        probe_ports.append({"port": render_mod.DKIM_MILTER_PORT, "kind": "tcp", "host": "127.0.0.1"})
     return {
         "profile": profile.name,
         "title": profile.title,
         # semanage (SELinux file contexts) comes with the EL profile's packages.
-        "packages": list(profile.packages) + (list(SELINUX_PACKAGES) if profile.selinux else []),
+        "packages": list(profile.packages)
+        + (list(profile.dkim_packages) if signing else [])
+        + (list(SELINUX_PACKAGES) if profile.selinux else []),
         "map_type": profile.map_type,
         "maps": ["/" + m for m in render_mod.POSTFIX_MAPS if m in files],
         "files": entries,
@@ -116,13 +132,22 @@ def plan(
             "cert_src": tls_cert_src or "",
             "key_src": tls_key_src or "",
         },
+        "dkim": {
+            "signing": signing,
+            "key": profile.dkim_key,
+            "key_dir": profile.dkim_key_dir,
+            "key_src": dkim_key_src or "",
+            "key_sha256": dkim_key_sha256 if signing else "",
+            "user": profile.dkim_user,
+            "service": profile.dkim_service,
+        },
         "firewall": {
             "services": list(dict.fromkeys(services)),
             "managed": sorted(set(profile.firewalld_services.values())),
         },
         "probe": {
             "host": probe_host(spec),
-            "ports": [{"port": p, "kind": PORT_KINDS[p]} for p in served if p in PORT_KINDS],
+            "ports": probe_ports,
             "sockets": list(SOCKETS),
         },
     }
@@ -150,12 +175,16 @@ def write_build(
         cert_path.parent.mkdir(exist_ok=True)
         cert_path.write_text(chain, encoding="utf-8")
         cert_src, key_src = str(cert_path), str(spec.tls.key.resolve())
+    dkim_src, dkim_sha256 = None, ""
+    if spec.dkim.private_key is not None:
+        dkim_src = str(spec.dkim.private_key.resolve())
+        dkim_sha256 = hashlib.sha256(spec.dkim.private_key.read_bytes()).hexdigest()
     for profile in profiles or list(profiles_mod.PROFILES.values()):
         files = render_mod.render(spec, profile)
         if transform is not None:
             files = transform(dict(files))
         render_mod.write_tree(files, build_dir / profile.name / "tree")
-        data = {"mailprov_plan": plan(spec, profile, files, cert_src, key_src)}
+        data = {"mailprov_plan": plan(spec, profile, files, cert_src, key_src, dkim_src, dkim_sha256)}
         target = build_dir / f"{profile.name}.json"
         target.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.chmod(target, 0o600)

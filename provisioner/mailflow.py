@@ -67,6 +67,25 @@ def find_message(host: str, user: str, password: str, subject: str, port: int = 
             imap.logout()
 
 
+def fetch_message(host: str, user: str, password: str, subject: str, port: int = 993) -> bytes | None:
+    """The raw bytes (headers as delivered) of the newest message with this subject in `user`'s INBOX."""
+    imap = imaplib.IMAP4_SSL(host, port, ssl_context=insecure_context(), timeout=30)
+    try:
+        imap.login(user, password)
+        imap.select("INBOX", readonly=True)
+        status, data = imap.search(None, "SUBJECT", f'"{subject}"')
+        if status != "OK" or not data or not data[0].split():
+            return None
+        status, parts = imap.fetch(data[0].split()[-1], "(BODY.PEEK[])")
+        for part in parts if status == "OK" else []:
+            if isinstance(part, tuple):
+                return bytes(part[1])
+        return None
+    finally:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            imap.logout()
+
+
 def wait_for_message(
     host: str, user: str, password: str, subject: str, timeout: float = 60.0, port: int = 993
 ) -> bool:

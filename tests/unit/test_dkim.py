@@ -168,3 +168,42 @@ def test_render_signing_files_hold_no_key_material(
     unsigned = render.render(spec.loads(spec_text("{selector: mail}")), profile)
     assert not any("opendkim" in rel for rel in unsigned)
     assert "milter" not in unsigned["etc/postfix/main.cf"]
+
+
+def test_resolvers_are_validated_and_rendered(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    key = write_pem(tmp_path / "mail.key", rsa_key)
+    error = refused(spec_text(f"{{private_key: {key}, resolvers: [not-an-ip]}}"))
+    assert error.field == "dkim.resolvers" and "IP address" in error.message
+    model = spec.loads(spec_text(f"{{private_key: {key}, resolvers: [10.0.0.53]}}"))
+    files = render.render(model, profiles.get("debian12"))
+    assert "forward-addr: 10.0.0.53" in files["etc/opendkim/resolver.conf"]
+    assert "ResolverConfiguration   /etc/opendkim/resolver.conf" in files["etc/opendkim.conf"]
+    without = render.render(spec.loads(spec_text(f"{{private_key: {key}}}")), profiles.get("debian12"))
+    assert "etc/opendkim/resolver.conf" not in without and "Resolver" not in without["etc/opendkim.conf"]
+
+
+def test_apply_plan_carries_the_key_by_path_and_digest_only(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    import hashlib
+    import json
+
+    from provisioner import apply as apply_mod
+
+    key = write_pem(tmp_path / "mail.key", rsa_key)
+    model = spec.loads(spec_text(f"{{private_key: {key}}}"))
+    apply_mod.write_build(model, tmp_path / "build")
+    text = (tmp_path / "build" / "debian12.json").read_text()
+    assert "PRIVATE KEY" not in text
+    plan = json.loads(text)["mailprov_plan"]
+    assert plan["dkim"]["signing"] and plan["dkim"]["key_src"] == str(key.resolve())
+    assert plan["dkim"]["key_sha256"] == hashlib.sha256(key.read_bytes()).hexdigest()
+    assert plan["dkim"]["key"] == "/etc/dkimkeys/mailprov.private" and "opendkim" in plan["packages"]
+    assert {"port": 8891, "kind": "tcp", "host": "127.0.0.1"} in plan["probe"]["ports"]
+    unsigned = apply_mod.plan(
+        spec.loads(spec_text("{selector: mail}")),
+        profiles.get("el9"),
+        render.render(model, profiles.get("el9")),
+    )
+    assert not unsigned["dkim"]["signing"] and "opendkim" not in unsigned["packages"]
+    assert all(p["kind"] != "tcp" for p in unsigned["probe"]["ports"])

@@ -25,7 +25,9 @@ options:
     type: str
     default: 127.0.0.1
   ports:
-    description: Dicts with port and kind (smtp, imap, pop3, tls).
+    description: >-
+      Dicts with port and kind (smtp, imap, pop3, tls, or tcp: a connection is enough, e.g. a milter),
+      and optionally host (default: the host option).
     type: list
     elements: dict
     required: true
@@ -51,6 +53,8 @@ def probe_port(host: str, port: int, kind: str, timeout: float) -> str | None:
     while True:
         try:
             with socket.create_connection((host, port), timeout=5) as sock:
+                if kind == "tcp":
+                    return None
                 if kind == "tls":
                     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                     context.check_hostname = False
@@ -88,11 +92,12 @@ def main() -> None:
     answered = []
     for item in params["ports"]:
         port, kind = int(item["port"]), item["kind"]
-        problem = probe_port(params["host"], port, kind, params["timeout"])
+        host = item.get("host") or params["host"]
+        problem = probe_port(host, port, kind, params["timeout"])
         if problem is None:
             answered.append(port)
         else:
-            problems.append(f"port {port} ({kind}) on {params['host']}: {problem}")
+            problems.append(f"port {port} ({kind}) on {host}: {problem}")
     rc, out, err = module.run_command(["postfix", "status"])
     if rc != 0:
         problems.append(f"postfix status: {(err or out).strip() or f'exit {rc}'}")

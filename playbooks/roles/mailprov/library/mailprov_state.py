@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import stat
@@ -60,6 +61,22 @@ options:
     description: The indexed aliases file that must exist.
     type: path
     default: /etc/aliases.db
+  dkim_key:
+    description: Where the DKIM signing key must be ('' when the spec does not sign).
+    type: path
+    default: ""
+  dkim_key_sha256:
+    description: SHA-256 of the key the spec names (the key itself never passes through here).
+    type: str
+    default: ""
+  dkim_user:
+    description: Owner of the DKIM key (OpenDKIM's user).
+    type: str
+    default: opendkim
+  dkim_service:
+    description: OpenDKIM's systemd unit, reported whether or not the spec signs ('' to skip).
+    type: str
+    default: ""
 author: mailprov
 """
 
@@ -127,6 +144,29 @@ def services_state(module: AnsibleModule, units: list[str]) -> dict[str, dict[st
     }
 
 
+def dkim_key_ok(path: str, sha256: str, user: str) -> bool:
+    """The host's DKIM key is the spec's key (same digest), owned by the OpenDKIM user, mode 0600."""
+    if not path or not sha256:
+        return False
+    try:
+        st = os.stat(path)
+        uid = pwd.getpwnam(user).pw_uid
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
+    except (KeyError, OSError):
+        return False
+    return digest == sha256 and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o600
+
+
+def unit_state(module: AnsibleModule, unit: str) -> dict[str, str]:
+    """One unit's is-active and is-enabled answers ('unknown' when systemd cannot say)."""
+    if not unit or not module.get_bin_path("systemctl"):
+        return {"active": "unknown", "enabled": "unknown"}
+    _, active, _ = module.run_command(["systemctl", "is-active", unit])
+    _, enabled, _ = module.run_command(["systemctl", "is-enabled", unit])
+    return {"active": active.strip() or "unknown", "enabled": enabled.strip() or "unknown"}
+
+
 def main() -> None:
     """Module entry point."""
     module = AnsibleModule(
@@ -141,6 +181,10 @@ def main() -> None:
             "renew_days": {"type": "int", "default": 30},
             "services": {"type": "list", "elements": "str", "default": ["postfix", "dovecot"]},
             "aliases_db": {"type": "path", "default": "/etc/aliases.db"},
+            "dkim_key": {"type": "path", "default": ""},
+            "dkim_key_sha256": {"type": "str", "default": ""},
+            "dkim_user": {"type": "str", "default": "opendkim"},
+            "dkim_service": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -155,6 +199,8 @@ def main() -> None:
         services=services,
         services_ok=all(s["active"] == "active" and s["enabled"] == "enabled" for s in services.values()),
         aliases_ok=os.path.exists(p["aliases_db"]),
+        dkim_key_ok=dkim_key_ok(p["dkim_key"] or "", p["dkim_key_sha256"], p["dkim_user"]),
+        dkim_service=unit_state(module, p["dkim_service"]),
     )
 
 
