@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gc
 import ipaddress
 import re
@@ -51,13 +52,19 @@ def paused_gc() -> Iterator[None]:
 
 def parse_size(value: Any, field: str = "size") -> int:
     """Parse a size such as 50M, 2G, 1024 into bytes (binary units)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected a size such as 50M or 2G, got {value!r}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("expected a non-negative size")
         return value
-    match = _SIZE_RE.match(str(value))
+    return _parse_size_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_size_text(value: str) -> int:
+    # Cached: large specs repeat the same few quota strings thousands of times.
+    match = _SIZE_RE.match(value)
     if not match:
         raise ValueError(f"expected a size such as 50M, 2G or a number of bytes, got {value!r}")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
@@ -73,7 +80,13 @@ def format_size(nbytes: int) -> str:
 
 def check_domain(value: str) -> str:
     """Return the lower-cased domain name or raise ValueError with the expected form."""
-    name = str(value).strip().lower().rstrip(".")
+    return _check_domain_text(str(value))
+
+
+@functools.lru_cache(maxsize=65536)
+def _check_domain_text(value: str) -> str:
+    # Cached: every address of a domain repeats the domain's check.
+    name = value.strip().lower().rstrip(".")
     if not _DOMAIN_RE.match(name) or name.split(".")[-1].isdigit():
         raise ValueError(f"expected a fully qualified domain name such as example.org, got {value!r}")
     return name
