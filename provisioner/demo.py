@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,8 +45,31 @@ def with_passwords(text: str, passwords: dict[str, str]) -> str:
     return out.getvalue()
 
 
-def demo_specs(examples: Path = EXAMPLES) -> tuple[dict[str, Spec], dict[str, str]]:
-    """Specs per lab host with fresh passwords, and the passwords (address -> password)."""
+def with_dkim(text: str, private_key: Path, resolvers: list[str]) -> str:
+    """The spec text signing with `private_key` (selector kept), OpenDKIM asking `resolvers` when verifying."""
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096
+    data = yaml.load(text)
+    dkim = data.get("dkim") or {}
+    dkim["private_key"] = str(private_key)
+    if resolvers:
+        dkim["resolvers"] = list(resolvers)
+    data["dkim"] = dkim
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
+
+
+def demo_specs(
+    examples: Path = EXAMPLES, dkim_dir: Path | None = None, resolvers: list[str] | None = None
+) -> tuple[dict[str, Spec], dict[str, str]]:
+    """Specs per lab host with fresh passwords, and the passwords (address -> password).
+
+    With `dkim_dir`, each host gets a DKIM signing key made for this run (DIR/HOST.key, mode 0600).
+    """
+    from provisioner import dkimkeys
+
     specs: dict[str, Spec] = {}
     passwords: dict[str, str] = {}
     for host, name in DEMO_HOSTS:
@@ -53,7 +77,11 @@ def demo_specs(examples: Path = EXAMPLES) -> tuple[dict[str, Spec], dict[str, st
         base = spec_mod.loads(text, name)
         made = {box.address: secrets.token_urlsafe(18) for box in base.mailboxes}
         passwords.update(made)
-        specs[host] = spec_mod.loads(with_passwords(text, made), name)
+        text = with_passwords(text, made)
+        if dkim_dir is not None:
+            key = dkimkeys.write_key(dkim_dir / f"{host}.key", force=True)
+            text = with_dkim(text, key, resolvers or [])
+        specs[host] = spec_mod.loads(text, name)
     return specs, passwords
 
 
@@ -141,16 +169,25 @@ def run(lab_dir: Path | None = None, keep: bool = False, console: Console | None
     console = console or Console(stderr=True)
     result = DemoResult()
     lab = Lab(lab_dir, log=lambda message: console.print(f"    [dim]lab: {message}[/]"))
-    specs, passwords = demo_specs()
+    specs: dict[str, Spec] = {}
+    passwords: dict[str, str] = {}
     alice, bob = "alice@example.test", "bob@example.net"
     try:
         if not _timed(result, console, "lab up: mx1 and mx2", lambda: _lab_up(lab)):
             return _finish(result, console, lab, keep, passwords)
+        # A DKIM key per host and run, in the lab directory (removed by `lab down`); OpenDKIM verifies
+        # inbound signatures through the lab resolver.
+        dkim_dir = Path(lab.dir) / "dkim"
+        dkim_dir.mkdir(mode=0o700, exist_ok=True)
+        specs, passwords = demo_specs(dkim_dir=dkim_dir, resolvers=[lab.status()["resolver"]])
 
         def dns() -> tuple[bool, str]:
             for host, _ in DEMO_HOSTS:
                 lab.dns_load(specs[host], host)
-            return True, "MX, A, PTR, SPF, DKIM, DMARC for example.test (mx1) and example.net (mx2)"
+            return (
+                True,
+                "MX, A, PTR, SPF, DKIM (the run's keys), DMARC for example.test (mx1) and example.net (mx2)",
+            )
 
         _timed(result, console, "lab DNS: publish both domains", dns)
 
@@ -180,10 +217,16 @@ def run(lab_dir: Path | None = None, keep: bool = False, console: Console | None
         def by_mx() -> tuple[bool, str]:
             subject = mailflow.submit(lab.ip("mx1"), alice, passwords[alice], bob)
             arrived = mailflow.wait_for_message(lab.ip("mx2"), bob, passwords[bob], subject, timeout=90)
-            return arrived, (
-                f"{alice} -> 587 on mx1 (STARTTLS+AUTH) -> MX example.net -> mx2:25 -> LMTP -> IMAPS as {bob}"
-                if arrived
-                else f"'{subject}' did not reach {bob} within 90s"
+            if not arrived:
+                return False, f"'{subject}' did not reach {bob} within 90s"
+            raw = mailflow.fetch_message(lab.ip("mx2"), bob, passwords[bob], subject) or b""
+            # mx1's OpenDKIM signed it (d=example.test), mx2's verified it against the lab DNS.
+            signed = b"d=example.test" in raw and b"dkim=pass" in raw
+            return signed, (
+                f"{alice} -> 587 on mx1 (STARTTLS+AUTH, DKIM-signed) -> MX example.net -> mx2:25 (dkim=pass)"
+                f" -> LMTP -> IMAPS as {bob}"
+                if signed
+                else "delivered, but without a DKIM signature that mx2 verified (no dkim=pass)"
             )
 
         _timed(result, console, "a real email by MX: alice@example.test -> bob@example.net", by_mx)
@@ -203,8 +246,14 @@ def run(lab_dir: Path | None = None, keep: bool = False, console: Console | None
         return _finish(result, console, lab, keep, passwords)
     except BaseException:
         if not keep:
-            lab.down()
+            _down(lab)
         raise
+
+
+def _down(lab: Any) -> None:
+    """Tear the lab down and remove the run's DKIM keys (made in the lab directory)."""
+    lab.down()
+    shutil.rmtree(Path(lab.dir) / "dkim", ignore_errors=True)
 
 
 def _verifier(
@@ -238,6 +287,6 @@ def _finish(result: DemoResult, console: Console, lab: Any, keep: bool, password
             "`mailprov lab down` when done"
         )
     else:
-        lab.down()
+        _down(lab)
         console.print("lab is down (use --keep to explore it)")
     return result.ok

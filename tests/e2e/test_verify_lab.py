@@ -2,8 +2,9 @@
 
 One lab host of this module (verify1) serves its own domain (verify.test, so it never collides with other
 modules' hosts in the shared lab DNS), provisioned from the demo spec with a made-up password and a DKIM
-public key. `mailprov verify` runs as a user would: by host name through the lab resolver, with the
-host's self-signed certificate as --ca, test credentials, and SSH for the host checks.
+signing key (the record published is derived from it). `mailprov verify` runs as a user would: by host name
+through the lab resolver, with the host's self-signed certificate as --ca, test credentials, and SSH for the
+host checks.
 
 Expected: no failure, and no warning except those listed in LAB_LIMITS (with the reason the lab cannot
 satisfy them). Skips are only the checks that do not apply to a Debian lab host (no SELinux).
@@ -19,12 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from provisioner import apply as apply_mod
+from provisioner import dkimkeys
 from provisioner import spec as spec_mod
-from provisioner.demo import EXAMPLES, with_passwords
+from provisioner.demo import EXAMPLES, with_dkim, with_passwords
 from provisioner.lab import Lab
 
 pytestmark = pytest.mark.e2e
@@ -43,17 +43,16 @@ def served(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     tmp = tmp_path_factory.mktemp("verify-lab")
     lab.up([HOST])
     password = secrets.token_urlsafe(16)
-    dkim = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    (tmp / "dkim.pub").write_bytes(
-        dkim.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    # The host signs with this key, and the record verify checks is derived from it (the key published
+    # is the key that signs).
+    dkim_key = dkimkeys.write_key(tmp / "dkim.key")
     text = (EXAMPLES / "example.test.yml").read_text(encoding="utf-8").replace("example.test", "verify.test")
     text = with_passwords(text, {USER: password})
-    text = text.replace("dkim: {selector: mail}", f"dkim: {{selector: mail, public_key: {tmp / 'dkim.pub'}}}")
+    text = with_dkim(text, dkim_key, [lab.status()["resolver"]])
     spec_file = tmp / "verify.test.yml"
     spec_file.write_text(text, encoding="utf-8")
     spec = spec_mod.load(spec_file)
-    assert spec.dkim.public_key is not None
+    assert spec.dkim.signing and spec.dkim.public_key_b64
     result = apply_mod.run(apply_mod.ApplyRequest(inventory=lab.inventory_path, host_specs={HOST: spec}))
     assert result.ok, {h: apply_mod.final_failure(r) for h, r in result.hosts.items()}
     lab.dns_load(spec, HOST)

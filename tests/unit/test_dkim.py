@@ -207,3 +207,14 @@ def test_apply_plan_carries_the_key_by_path_and_digest_only(
     )
     assert not unsigned["dkim"]["signing"] and "opendkim" not in unsigned["packages"]
     assert all(p["kind"] != "tcp" for p in unsigned["probe"]["ports"])
+
+
+def test_demo_specs_sign_with_a_key_per_host(tmp_path: Path) -> None:
+    from provisioner.demo import demo_specs
+
+    specs, _ = demo_specs(dkim_dir=tmp_path, resolvers=["10.1.2.1"])
+    keys = {host: s.dkim.private_key for host, s in specs.items()}
+    assert all(s.dkim.signing and s.dkim.resolvers == ["10.1.2.1"] for s in specs.values())
+    assert len({s.dkim.public_key_b64 for s in specs.values()}) == len(specs)
+    for key in keys.values():
+        assert key is not None and stat.S_IMODE(key.stat().st_mode) == 0o600
