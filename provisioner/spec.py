@@ -735,14 +735,39 @@ def _describe(error: Any) -> str:
     return message
 
 
-def from_data(data: Any, source: str = "mail.yml") -> Spec:
-    """Validate already-parsed YAML data; raise SpecError naming the field and line."""
+#: File-path fields; relative paths in mail.yml are relative to the file itself.
+_PATH_FIELDS = {"tls": ("cert", "key", "chain"), "dkim": ("public_key", "private_key")}
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """A shallow copy of data whose relative file paths are joined to base_dir (~ expanded)."""
+    out = dict(data)
+    for section, keys in _PATH_FIELDS.items():
+        block = out.get(section)
+        if not isinstance(block, dict):
+            continue
+        block = dict(block)
+        for key in keys:
+            value = block.get(key)
+            if isinstance(value, str) and value.strip():
+                path = Path(value.strip()).expanduser()
+                block[key] = str(path if path.is_absolute() or base_dir is None else base_dir / path)
+        out[section] = block
+    return out
+
+
+def from_data(data: Any, source: str = "mail.yml", base_dir: Path | None = None) -> Spec:
+    """Validate already-parsed YAML data; raise SpecError naming the field and line.
+
+    Relative file paths (tls.cert, dkim.private_key, ...) are taken relative to base_dir, the directory of
+    mail.yml, so a spec means the same whatever the working directory.
+    """
     if data is None:
         raise SpecError("", f"{source} is empty; expected a mapping with hostname and domains")
     if not isinstance(data, dict):
         raise SpecError("", "expected a mapping at the top level (hostname:, domains:, ...)")
     try:
-        return Spec.model_validate(dict(data))
+        return Spec.model_validate(_resolve_paths(data, base_dir))
     except ValidationError as exc:
         # An unknown key usually explains the other errors (a misspelt required field), so report it first.
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
@@ -791,17 +816,21 @@ def _parse_with_positions(text: str) -> Any:
         raise SpecError("", f"YAML error: {exc}") from None
 
 
-def loads(text: str, source: str = "mail.yml") -> Spec:
-    """Parse and validate mail.yml text; on a validation error, find the offending line."""
+def loads(text: str, source: str = "mail.yml", base_dir: Path | None = None) -> Spec:
+    """Parse and validate mail.yml text; on a validation error, find the offending line.
+
+    Relative file paths resolve against base_dir (load() passes the file's directory); None keeps them
+    relative to the working directory.
+    """
     try:
         with paused_gc():
-            return from_data(_parse_fast(text), source)
+            return from_data(_parse_fast(text), source, base_dir)
     except SpecError as exc:
         if exc.line is not None or len(text) > _LINE_LOOKUP_MAX:
             raise
         try:
             positioned = _parse_with_positions(text)
-            return from_data(positioned, source)
+            return from_data(positioned, source, base_dir)
         except SpecError as located:
             raise located from None
 
@@ -815,4 +844,4 @@ def load(path: str | Path) -> Spec:
         raise SpecError("", f"file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError("", f"cannot read {p}: {exc}") from None
-    return loads(text, p.name)
+    return loads(text, p.name, p.parent.absolute())

@@ -30,7 +30,7 @@ def test_real_programs_accept_rendered_tree(
     case: str, profile_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Key files named in a case (tests/golden/dkim) are relative to the repository root, like a user's CWD.
-    monkeypatch.chdir(GOLDEN.parent.parent)
+    monkeypatch.chdir("/")  # relative paths in mail.yml resolve against the file, not the working directory
     profile = profiles.get(profile_name)
     render.write_tree(render.render(spec.load(GOLDEN / case / "mail.yml"), profile), tmp_path)
     results = render.check_tree(tmp_path, profile)

@@ -186,3 +186,19 @@ def test_addresses_accepted(text: str) -> None:
 def test_addresses_refused(text: str) -> None:
     with pytest.raises(ValueError):
         spec.check_address(text)
+
+
+def test_relative_paths_resolve_against_the_spec_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "c.pem").write_text("x")
+    (tmp_path / "tls" / "k.pem").write_text("y")
+    spec_file = tmp_path / "mail.yml"
+    spec_file.write_text(make("tls: {mode: files, cert: tls/c.pem, key: tls/k.pem}\n"))
+    monkeypatch.chdir("/")
+    model = spec.load(spec_file)
+    assert model.tls.cert == tmp_path / "tls" / "c.pem"
+    (tmp_path / "tls" / "k.pem").unlink()
+    with pytest.raises(SpecError, match="file not found"):
+        spec.load(spec_file)
