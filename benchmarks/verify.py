@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import os
 import shutil
 import socket
 import statistics
@@ -199,6 +200,57 @@ def _without_creds(factory: Target) -> Target:
     return make
 
 
+class Evidence:
+    """Where the time goes, recorded around the credential phases (benchmark-only instrumentation).
+
+    `wrong[target]`: seconds the wrong-password replies took once sent (Dovecot's auth_failure_delay);
+    `logins_start[target]`: seconds from the run's start to the first login connection.
+    """
+
+    def __init__(self) -> None:
+        from provisioner.checks import credentials
+
+        self.wrong: dict[str, list[float]] = {}
+        self.first_login: dict[str, float] = {}
+        send_all, attempt = credentials._send_all, credentials._attempt
+        lock = threading.Lock()
+
+        def timed_send_all(prepared: Any, password: str, pool: Any) -> Any:
+            start = time.perf_counter()
+            out = send_all(prepared, password, pool)
+            target = next((v.ctx_target for v in prepared.values() if hasattr(v, "ctx_target")), "?")
+            with lock:
+                self.wrong.setdefault(target, []).append(time.perf_counter() - start)
+            return out
+
+        def tagged_prepare(ctx: Any, key: str) -> Any:
+            login = prepare(ctx, key)
+            if not isinstance(login, tuple):
+                login.ctx_target = ctx.options.target
+            return login
+
+        def timed_attempt(ctx: Any, key: str, password: str) -> Any:
+            with lock:
+                self.first_login.setdefault(ctx.options.target, time.perf_counter())
+            return attempt(ctx, key, password)
+
+        prepare = credentials._prepare
+        credentials._send_all = timed_send_all
+        credentials._prepare = tagged_prepare
+        credentials._attempt = timed_attempt
+
+    def reset(self) -> None:
+        """Forget earlier runs."""
+        self.wrong.clear()
+        self.first_login.clear()
+
+
+def busy_cores() -> tuple[int, int]:
+    """Busy and total CPU ticks of the machine (all processes), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """Wall seconds and result of fn()."""
     start = time.perf_counter()
@@ -233,6 +285,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     source = lab_targets if args.lab else loopback_targets
+    evidence = Evidence()
+    cores = os.cpu_count() or 1
     with source(5, args.timeout) as factories:
         targets = factories if not args.no_creds else [_without_creds(f) for f in factories]
         # Warm-up, twice per server, one at a time: Dovecot's auth penalty makes the first wrong-password
@@ -241,21 +295,32 @@ def main() -> int:
         for _ in range(2):
             for target in targets:
                 verify(target())
-        one = []
+        one, one_wrong = [], []
         for _ in range(args.rounds):
+            evidence.reset()
             seconds, report = timed(lambda: verify(targets[0]()))
             one.append(seconds)
+            one_wrong += [w for ws in evidence.wrong.values() for w in ws]
             print(f"one server, full catalog: {seconds:.2f}s  [{_summary(report)}]")
-        five = []
+        five, five_busy, five_start = [], [], []
         for _ in range(args.rounds):
 
             def all_five() -> list[Report]:
                 with ThreadPoolExecutor(max_workers=len(targets)) as pool:
                     return list(pool.map(lambda t: verify(t()), targets))
 
+            evidence.reset()
+            before = busy_cores()
+            started = time.perf_counter()
             seconds, reports = timed(all_five)
+            after = busy_cores()
+            share = (after[0] - before[0]) / max(1, after[1] - before[1])
             five.append(seconds)
-            print(f"five servers at once:     {seconds:.2f}s")
+            five_busy.append(share)
+            five_start += [when - started for when in evidence.first_login.values()]
+            print(
+                f"five servers at once:     {seconds:.2f}s  (machine CPU {share:.0%} busy over {cores} cores)"
+            )
             for report in reports:
                 print(f"    {report.target}: {report.duration:.2f}s [{_summary(report)}]")
     with dead_host() as (address, resolver):
@@ -265,14 +330,39 @@ def main() -> int:
         print(f"dead host (timeout {args.timeout:g}s): {seconds:.2f}s  [{_summary(report)}]")
     median_one, median_five = statistics.median(one), statistics.median(five)
     print()
-    print(f"one server:   median {median_one:.2f}s (target < 3 s): {'ok' if median_one < 3 else 'MISSED'}")
+    if one_wrong:
+        print(
+            f"evidence: the wrong-password replies waited {min(one_wrong):.2f}-{max(one_wrong):.2f}s after "
+            "sending (the server's failed-login delay, Dovecot auth_failure_delay); no login check can "
+            "finish sooner"
+        )
+    if five_start:
+        print(
+            f"evidence: with five servers the first login began {min(five_start):.2f}-{max(five_start):.2f}s "
+            f"after the start; the machine was {min(five_busy):.0%}-{max(five_busy):.0%} busy "
+            f"(5 Postfix+Dovecot pairs and the verifier on {cores} cores); load average now "
+            f"{os.getloadavg()[0]:.1f}"
+        )
+    ok_one = median_one < 3
+    print(f"one server:   median {median_one:.2f}s (target < 3 s): {'met' if ok_one else 'MISSED'}")
+    if not ok_one and one_wrong:
+        print(
+            f"    missed: {statistics.median(one_wrong):.2f}s of it is the failed-login delay (see evidence)"
+        )
     ratio = median_five / median_one
+    ok_five = ratio <= 1.5
     print(
-        f"five servers: median {median_five:.2f}s = {ratio:.2f}x one (target <= 1.5x): {'ok' if ratio <= 1.5 else 'MISSED'}"
+        f"five servers: median {median_five:.2f}s = {ratio:.2f}x one (target <= 1.5x): {'met' if ok_five else 'MISSED'}"
     )
+    if not ok_five:
+        print(
+            f"    missed: five servers' TLS handshakes, logins and deliveries share {cores} cores "
+            f"(machine {statistics.median(five_busy):.0%} busy during the runs), so each server answers "
+            "slower than when it runs alone; the failed-login delay adds the same on top of both figures"
+        )
     within = seconds <= args.timeout + 1
     print(
-        f"dead host:    {seconds:.2f}s (target within the {args.timeout:g}s timeout): {'ok' if within else 'MISSED'}"
+        f"dead host:    {seconds:.2f}s (target within the {args.timeout:g}s timeout): {'met' if within else 'MISSED'}"
     )
     return 0
 

@@ -156,6 +156,30 @@ def client_context(
     return ctx
 
 
+_verifying: dict[tuple[str, int, int], ssl.SSLContext] = {}
+_verifying_lock = threading.Lock()
+
+
+def verifying_context(cafile: Path | None = None) -> ssl.SSLContext:
+    """The verifying client context for a trust store, built once per process and shared.
+
+    Loading the system trust store costs ~40 ms of CPU under the GIL; every TLS probe of a run waits for
+    it, and verifying several targets at once paid it once per target. A context only reads its trust
+    store when built, so the cache key includes the CA file's size and mtime.
+    """
+    key = ("", 0, 0)
+    if cafile is not None:
+        try:
+            stat = Path(cafile).stat()
+            key = (str(cafile), stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            return client_context(verify=True, cafile=cafile)  # let loading report the problem
+    with _verifying_lock:
+        if key not in _verifying:
+            _verifying[key] = client_context(verify=True, cafile=cafile)
+        return _verifying[key]
+
+
 class _SMTP(smtplib.SMTP):
     """smtplib.SMTP that records whether the TCP connection itself succeeded."""
 
@@ -408,7 +432,7 @@ class Context:
     # ---- SMTP ---------------------------------------------------------------------------------
 
     def _verify_context(self) -> ssl.SSLContext:
-        return self.memo("verify_ctx", lambda: client_context(verify=True, cafile=self.options.ca))
+        return self.memo("verify_ctx", lambda: verifying_context(self.options.ca))
 
     def smtp(self, port: int) -> SmtpProbe:
         """One memoised SMTP session on port: greeting, EHLO, STARTTLS (or implicit TLS on 465), EHLO."""
@@ -495,6 +519,21 @@ class Context:
         client.local_hostname = f"[IPv6:{local}]" if ":" in local else f"[{local}]"
         client.ehlo()
         return client
+
+    def tcp_open(self, port: int) -> bool:
+        """Whether the target accepts TCP on port (memoised; the SMTP probe's answer when it is done)."""
+
+        def connect() -> bool:
+            cell = self._cells.get(("smtp", port))
+            if cell is not None and cell.done and cell.error is None:
+                return bool(cell.value.tcp)
+            try:
+                with socket.create_connection((self.address(), port), self.io_timeout):
+                    return True
+            except (OSError, LookupFailed):
+                return False
+
+        return self.memo(("tcp", port), connect)
 
     def require_port(self, port: int) -> None:
         """Skip when the port is switched off in the spec, or closed while no spec says it should be open."""

@@ -165,8 +165,12 @@ class _Pop3Login(Login):
 
 
 def submission_ports(ctx: Context) -> list[int]:
-    """Submission ports (587, 465) that are not switched off and accept TCP."""
-    return [p for p in (587, 465) if ctx.port_expected(p) is not False and ctx.smtp(p).tcp]
+    """Submission ports (587, 465) that are not switched off and accept TCP.
+
+    A bare TCP connect (memoised per port) rather than the full SMTP probe: the logins and the roundtrip
+    need only know where to connect, and waiting for the probe's TLS handshake delayed them.
+    """
+    return [p for p in (587, 465) if ctx.port_expected(p) is not False and ctx.tcp_open(p)]
 
 
 def _prepare(ctx: Context, key: str) -> Login | Outcome:
@@ -204,9 +208,10 @@ def _attempt(ctx: Context, key: str, password: str) -> Outcome:
     return _finish(login)
 
 
-def _burst(ctx: Context, keys: list[str], password: str, pool: ThreadPoolExecutor) -> dict[str, Outcome]:
-    """Prepare all connections concurrently, send every credential command back to back, then read."""
-    prepared = dict(zip(keys, pool.map(lambda k: _prepare(ctx, k), keys), strict=True))
+def _send_all(
+    prepared: dict[str, Login | Outcome], password: str, pool: ThreadPoolExecutor
+) -> dict[str, Outcome]:
+    """Send every credential command back to back on ready connections, then read the replies."""
     sent: dict[str, Login] = {}
     out: dict[str, Outcome] = {}
     for key, login in prepared.items():
@@ -220,7 +225,13 @@ def _burst(ctx: Context, keys: list[str], password: str, pool: ThreadPoolExecuto
             login.close()
             out[key] = (False, f"error: {describe(exc)}")
     out.update(zip(sent, pool.map(_finish, sent.values()), strict=True))
-    return {key: out[key] for key in keys}
+    return {key: out[key] for key in prepared}
+
+
+def _burst(ctx: Context, keys: list[str], password: str, pool: ThreadPoolExecutor) -> dict[str, Outcome]:
+    """Prepare all connections concurrently, send every credential command back to back, then read."""
+    prepared = dict(zip(keys, pool.map(lambda k: _prepare(ctx, k), keys), strict=True))
+    return _send_all(prepared, password, pool)
 
 
 def logins(ctx: Context) -> dict[str, Outcome]:
@@ -239,9 +250,13 @@ def _logins(ctx: Context) -> dict[str, Outcome]:
     wrong = [k for k in keys if k != "smtp:465" or "smtp:587" not in keys]
     if not keys:
         return {}
-    with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+    # The wrong-password connections are opened and made ready (TCP, TLS, EHLO/USER) while the good
+    # logins run: readying a connection sends no credentials, so it cannot trigger the auth penalty.
+    # Only the credential commands wait for the good logins and the roundtrip's login.
+    with ThreadPoolExecutor(max_workers=len(keys) + len(wrong)) as pool:
+        ready = {k: pool.submit(_prepare, ctx, k) for k in wrong}
         good = dict(zip(keys, pool.map(lambda k: _attempt(ctx, k, password), keys), strict=True))
         if "smtp.roundtrip" in ctx.selected:
             ctx.roundtrip_logged_in.wait(ctx.io_timeout)
-        bad = _burst(ctx, wrong, WRONG_PASSWORD, pool)
+        bad = _send_all({k: f.result() for k, f in ready.items()}, WRONG_PASSWORD, pool)
     return {**good, **{f"wrong:{k}": v for k, v in bad.items()}}

@@ -86,7 +86,11 @@ def run(checks: Iterable[Check], ctx: Context, timeout: float | None = None) -> 
     ctx.selected = {c.id for c in checks}
     slots: list[Result | None] = [None] * len(checks)
     threads: list[tuple[int, threading.Thread, float]] = []
-    for index, check in enumerate(checks):
+    # Checks that wait on the server on purpose (logins behind the failed-login delay, the roundtrip)
+    # are the longest: start them first so they are not queued behind the quick probes.
+    order = sorted(range(len(checks)), key=lambda i: -checks[i].timeout_scale)
+    for index in order:
+        check = checks[index]
         reason = unmet_need(check, ctx)
         if reason is not None:
             slots[index] = Result(check.id, "skip", reason)

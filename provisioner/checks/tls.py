@@ -52,7 +52,12 @@ def _certs(ctx: Context, id: str) -> tuple[dict[int, TlsInfo], dict[int, CertFac
     if not infos:
         shown = "; ".join(f"{p}: {e}" for p, e in errors.items()) or "no TLS port open"
         raise ConnectionError(f"no TLS port answered ({shown})")
-    return infos, {port: cert_facts(info.der) for port, info in infos.items() if info.der}
+    # Five tls.cert.* checks read the same certificates: parse each distinct one once per run.
+    return infos, {port: _facts(ctx, info.der) for port, info in infos.items() if info.der}
+
+
+def _facts(ctx: Context, der: bytes) -> CertFacts:
+    return ctx.memo(("cert_facts", der), lambda: cert_facts(der))
 
 
 def _by_certificate(id: str, facts: dict[int, CertFacts], judge: object, evidence: object = None) -> Result:

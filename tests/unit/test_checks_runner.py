@@ -7,6 +7,7 @@ tests/integration/test_verify_servers.py.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -189,6 +190,32 @@ def test_runner_keeps_catalog_order_and_scales_timeouts() -> None:
         ctx(timeout=0.1),
     )
     assert [(r.id, r.status) for r in report.results] == [("x.slow", "pass"), ("x.other", "warn")]
+
+
+def test_runner_starts_long_waiting_checks_first_and_reports_in_order() -> None:
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def record(name: str) -> object:
+        def fn(_: Context) -> Result:
+            with lock:
+                started.append(name)
+            return Result(name, "pass", "ok")
+
+        return fn
+
+    checks = [_fake(f"x.quick{i}", record(f"x.quick{i}")) for i in range(20)]
+    checks.insert(15, _fake("x.login", record("x.login"), scale=3))
+    report = run(checks, ctx(timeout=2))
+    assert started[0] == "x.login"
+    assert [r.id for r in report.results] == [c.id for c in checks]
+
+
+def test_verifying_context_is_built_once_per_trust_store() -> None:
+    from provisioner.checks.context import verifying_context
+
+    assert verifying_context() is verifying_context()
+    assert verifying_context().verify_mode == ssl.CERT_REQUIRED
 
 
 def test_memo_shares_work_and_errors() -> None:
