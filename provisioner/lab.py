@@ -243,6 +243,26 @@ def lab_zones(subnet: ipaddress.IPv4Network | str, records: Iterable[Record]) ->
     return sorted({LAB_DOMAIN, reverse_zone(subnet), *zones_for(records)})
 
 
+#: inotify instances one booted host uses (systemd, journald, udev...; measured ~12 on a Debian 12 host).
+INOTIFY_PER_HOST = 16
+INOTIFY_SYSCTL = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def raise_inotify_limit(hosts: int, sysctl: Path = INOTIFY_SYSCTL) -> None:
+    """Raise fs.inotify.max_user_instances when the lab's hosts could exhaust it (never lowers it).
+
+    All hosts run as root in the host's user namespace and share the default limit of 128, so about ten
+    booted hosts exhaust it; then systemd units inside them fail to start in odd ways.
+    """
+    try:
+        current = int(sysctl.read_text().strip())
+        wanted = max(1024, 4 * INOTIFY_PER_HOST * hosts)
+        if current < wanted:
+            sysctl.write_text(f"{wanted}\n")
+    except (OSError, ValueError):
+        pass  # not writable here (e.g. an unprivileged container): hosts still boot, up to the old limit
+
+
 def cache_key(distro: str) -> str:
     """Name of the cached base image: changes whenever the package lists or the recipe change."""
     recipe = json.dumps(
@@ -618,6 +638,7 @@ class Lab:
         with self._lock():
             state = self._load()
             wanted = list(dict.fromkeys([*state["hosts"], *hosts]))
+            raise_inotify_limit(len(wanted))
             to_start = [name for name in wanted if not self._host_running(state["hosts"].get(name, {}))]
             self._ensure_network(state, subnet)
             self._ensure_key()

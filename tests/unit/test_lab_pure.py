@@ -223,3 +223,15 @@ def test_interrupted_build_leaves_no_cache_entry(monkeypatch: pytest.MonkeyPatch
         lab.ensure_base("debian12", tmp_path)
     assert not (tmp_path / lab.cache_key("debian12")).exists()
     assert not list(tmp_path.glob(".build-*"))
+
+
+def test_inotify_limit_is_raised_but_never_lowered(tmp_path: Path) -> None:
+    from provisioner.lab import raise_inotify_limit
+
+    sysctl = tmp_path / "max_user_instances"
+    sysctl.write_text("128\n")
+    raise_inotify_limit(3, sysctl)
+    assert int(sysctl.read_text()) == 1024
+    sysctl.write_text("8192\n")
+    raise_inotify_limit(3, sysctl)
+    assert int(sysctl.read_text()) == 8192
