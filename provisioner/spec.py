@@ -115,6 +115,17 @@ def local_of(address: str) -> str:
     return address.rpartition("@")[0]
 
 
+def _ip_list(items: list[Any]) -> list[str]:
+    """Normalised IP addresses, or ValueError naming the first item that is not one."""
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_address(str(item).strip())))
+        except ValueError:
+            raise ValueError(f"expected an IP address, got {item!r}") from None
+    return out
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -280,13 +291,7 @@ class Network(_Strict):
         if isinstance(value, list):
             if not value:
                 raise ValueError("expected 'all', 'loopback-only' or a non-empty list of IP addresses")
-            out = []
-            for item in value:
-                try:
-                    out.append(str(ipaddress.ip_address(str(item).strip())))
-                except ValueError:
-                    raise ValueError(f"expected an IP address, got {item!r}") from None
-            return out
+            return _ip_list(value)
         if value not in ("all", "loopback-only"):
             raise ValueError(f"expected 'all', 'loopback-only' or a list of IP addresses, got {value!r}")
         return value
@@ -343,13 +348,7 @@ class DKIM(_Strict):
             return []
         if not isinstance(value, list):
             raise ValueError("expected a list of IP addresses such as [127.0.0.53]")
-        out = []
-        for item in value:
-            try:
-                out.append(str(ipaddress.ip_address(str(item).strip())))
-            except ValueError:
-                raise ValueError(f"expected an IP address, got {item!r}") from None
-        return out
+        return _ip_list(value)
 
     @field_validator("private_key", mode="after")
     @classmethod
