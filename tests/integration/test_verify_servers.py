@@ -301,17 +301,6 @@ def test_only_and_junit(lab: dict[str, Any], tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def dead_resolver() -> Iterator[str]:
-    """A UDP socket that receives queries and never answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
-
-
-@pytest.fixture
 def silent_smtp() -> Iterator[str]:
     """Port 25 on DEAD_IP accepts TCP (kernel backlog) but never says a word; the other ports are closed."""
     sock = socket.socket()

@@ -6,8 +6,6 @@ Network use is limited to loopback: a UDP socket that never answers stands in fo
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,16 +124,6 @@ def test_only_skipped_checks_exit_0_json() -> None:
     assert report["target"] == "127.0.0.1"
     assert report["summary"] == {"pass": 0, "warn": 0, "fail": 0, "skip": 11}
     assert report["results"][0]["id"] == "smtp.auth"
-
-
-@pytest.fixture
-def dead_resolver() -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 def test_dead_resolver_fails_with_reason_and_exit_1(dead_resolver: str, tmp_path: Path) -> None:
