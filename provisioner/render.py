@@ -143,7 +143,11 @@ def write_tree(files: dict[str, str], out_dir: Path) -> list[Path]:
 
 @dataclass
 class CheckResult:
-    """The outcome of one validation program run on a rendered tree."""
+    """The outcome of one validation program run on a rendered tree.
+
+    `ran` is False only when the program is not installed; a program that is installed but cannot do
+    its job (no table type, cannot start, times out) is ran=True, ok=False with the reason.
+    """
 
     tool: str
     ran: bool
@@ -151,8 +155,17 @@ class CheckResult:
     output: str
 
 
+#: Exit status _run reports when the program could not be started or did not finish.
+NOT_RUN = -1
+
+
 def _run(argv: list[str]) -> tuple[int, str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return NOT_RUN, f"{Path(argv[0]).name} did not finish within 60 s"
+    except (OSError, ValueError) as exc:
+        return NOT_RUN, f"{Path(argv[0]).name} could not be started: {exc}"
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
@@ -175,15 +188,19 @@ def check_tree(tree: Path, profile: Profile) -> list[CheckResult]:
         postfix_dir = tree / "etc/postfix"
         if postconf is None:
             results.append(CheckResult("postconf", False, False, "postconf not installed (Debian: postfix)"))
-        elif postfix_dir.is_dir():
+        elif postfix_dir.is_dir() and not postfix_dir.is_symlink():
             results.append(_check_postfix(postconf, postfix_dir, scratch, cert, key, profile))
+        else:
+            results.append(CheckResult("postconf", True, False, f"{postfix_dir}: not a directory"))
         dovecot_conf = tree / "etc/dovecot/dovecot.conf"
         if doveconf is None:
             results.append(
                 CheckResult("doveconf", False, False, "doveconf not installed (Debian: dovecot-core)")
             )
-        elif dovecot_conf.is_file():
+        elif dovecot_conf.is_file() and not dovecot_conf.is_symlink():
             results.append(_check_dovecot(doveconf, dovecot_conf, scratch, cert, key, profile))
+        else:
+            results.append(CheckResult("doveconf", True, False, f"{dovecot_conf}: not a regular file"))
     return results
 
 
@@ -202,9 +219,14 @@ def _check_postfix(
     postconf: str, src: Path, scratch: Path, cert: Path, key: Path, profile: Profile
 ) -> CheckResult:
     conf = scratch / "postfix"
-    shutil.copytree(src, conf)
+    shutil.copytree(src, conf, symlinks=True)
     main_cf = conf / "main.cf"
-    local_daemon_dir = _local_daemon_directory(postconf)
+    if not main_cf.is_file() or main_cf.is_symlink():
+        return CheckResult("postconf", True, False, f"{src}/main.cf: missing or not a regular file")
+    # Every postconf call reads the scratch copy (-c): this machine's /etc/postfix/main.cf may not exist.
+    local_daemon_dir, reason = _local_daemon_directory(postconf, conf)
+    if local_daemon_dir is None:
+        return CheckResult("postconf", True, False, reason)
     text = main_cf.read_text()
     text = text.replace(profile.tls_cert, str(cert)).replace(profile.tls_key, str(key))
     text = re.sub(r"^daemon_directory = .*$", f"daemon_directory = {local_daemon_dir}", text, flags=re.M)
@@ -216,13 +238,16 @@ def _check_postfix(
     (conf / "aliases").write_text("postmaster: root\n")
     outputs = []
     ok = True
-    supported = _run([postconf, "-m"])[1].split()
-    if profile.map_type not in supported:
+    code, out = _run([postconf, "-c", str(conf), "-m"])
+    if code != 0:
+        return CheckResult("postconf", True, False, f"postconf -m could not run: {out}")
+    if profile.map_type not in out.split():
         return CheckResult(
             "postconf",
+            True,
             False,
-            False,
-            f"this Postfix lacks the {profile.map_type} table type (Debian: postfix-{profile.map_type})",
+            f"cannot check: this Postfix lacks the {profile.map_type} table type "
+            f"(Debian: postfix-{profile.map_type})",
         )
     postmap = str(Path(postconf).with_name("postmap"))
     for rel in (*POSTFIX_MAPS, "aliases"):
@@ -243,9 +268,13 @@ def _check_postfix(
     return CheckResult("postconf", True, ok, "\n".join(outputs) or "postconf -n and -M: no complaints")
 
 
-def _local_daemon_directory(postconf: str) -> str:
-    code, out = _run([postconf, "-h", "-d", "daemon_directory"])
-    return out.strip() if code == 0 and out.strip() else "/usr/lib/postfix/sbin"
+def _local_daemon_directory(postconf: str, conf: Path) -> tuple[str | None, str]:
+    """This machine's compiled-in daemon_directory, or None and the reason it could not be read."""
+    code, out = _run([postconf, "-c", str(conf), "-h", "-d", "daemon_directory"])
+    lines = [line for line in out.splitlines() if not line.startswith("postconf: warning:")]
+    if code != 0 or len(lines) != 1 or not Path(lines[0]).is_dir():
+        return None, f"postconf -h -d daemon_directory could not run: {out or f'exit {code}'}"
+    return lines[0], ""
 
 
 def _check_dovecot(
