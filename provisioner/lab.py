@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from provisioner.dns import Record
 from provisioner.dns import records as dns_records
@@ -75,6 +75,10 @@ REQUIRED_TOOLS = {
 _HOST_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 _NET_LOCK = Path("/run/lock/mailprov-lab-net.lock")
 BOOT_TIMEOUT = 90.0
+# How long nspawn-made state (the container's init, its host0 veth) may take to appear; generous because a
+# loaded 2-core machine was seen to need more than one look.
+SPAWN_TIMEOUT = 30.0
+T = TypeVar("T")
 SSH_OPTIONS = (
     "-o",
     "StrictHostKeyChecking=no",
@@ -333,6 +337,46 @@ def _run(
     return proc
 
 
+class NotReady(Exception):
+    """Raised by a `wait_for` probe: not there yet, with the reason (reported if the wait times out)."""
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.05,
+    abort: Callable[[], str | None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call `probe` until it returns a value (not None); LabError naming `what` once `timeout` s have passed.
+
+    State another process creates (nspawn's veth, the container's init, sshd) is never looked for once:
+    under load it appears late. `abort` returns a reason to stop early (e.g. the container exited).
+    The probe always runs at least once, and once more at the deadline, so a slow poll is not a failure.
+    """
+    deadline = clock() + timeout
+    last = ""
+    while True:
+        try:
+            value = probe()
+        except NotReady as exc:
+            value, last = None, str(exc)
+        if value is not None:
+            return value
+        reason = abort() if abort is not None else None
+        if reason:
+            raise LabError(f"{what}: {reason}")
+        left = deadline - clock()
+        if left <= 0:
+            raise LabError(
+                f"timed out after {timeout:g}s waiting for {what}" + (f" ({last})" if last else "")
+            )
+        sleep(min(interval, left))
+        interval = min(interval * 1.5, 1.0)
+
+
 def proc_start_time(pid: int) -> int | None:
     """The process start time (clock ticks since boot), to tell our process from a reused PID."""
     try:
@@ -363,21 +407,46 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def container_init(nspawn_pid: int, timeout: float = 15) -> int:
+def container_init(nspawn_pid: int, timeout: float = SPAWN_TIMEOUT) -> int:
     """PID (in our namespace) of the container's init: the nspawn child living in another PID namespace."""
-    own_ns = os.readlink("/proc/self/ns/pid")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    own_pid_ns, own_net_ns = os.readlink("/proc/self/ns/pid"), os.readlink("/proc/self/ns/net")
+
+    def probe() -> int | None:
         for kid in _children(nspawn_pid):
             with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{kid}/ns/pid") != own_ns and os.readlink(f"/proc/{kid}/ns/net") != (
-                    os.readlink("/proc/self/ns/net")
+                if os.readlink(f"/proc/{kid}/ns/pid") != own_pid_ns and (
+                    os.readlink(f"/proc/{kid}/ns/net") != own_net_ns
                 ):
                     return kid
+        return None
+
+    def exited() -> str | None:
         if proc_start_time(nspawn_pid) is None or _is_zombie(nspawn_pid):
-            raise LabError("systemd-nspawn exited before the container started")
-        time.sleep(0.05)
-    raise LabError(f"the container of systemd-nspawn (pid {nspawn_pid}) did not start within {timeout:.0f}s")
+            return "systemd-nspawn exited before the container started"
+        return None
+
+    return wait_for(f"the container of systemd-nspawn (pid {nspawn_pid})", probe, timeout, abort=exited)
+
+
+def container_veth(init_pid: int, timeout: float = SPAWN_TIMEOUT) -> str:
+    """Host-side name of the veth whose peer is the container's host0, once nspawn has moved it in."""
+    init_start = proc_start_time(init_pid)
+    argv = ["nsenter", "-t", str(init_pid), "-n", "ip", "-j", "link", "show", "host0"]
+
+    def probe() -> str:
+        proc = _run(argv, timeout=20, check=False)
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise NotReady(detail[-1] if detail else f"ip link show host0: exit {proc.returncode}")
+        peer = _peer_name(proc.stdout)
+        if peer is None:
+            raise NotReady("host0 is there but its host-side veth is not")
+        return peer
+
+    def exited() -> str | None:
+        return None if pid_matches(init_pid, init_start) else "the container exited"
+
+    return wait_for(f"host0 in the container (init pid {init_pid})", probe, timeout, abort=exited)
 
 
 def _mounted(path: Path) -> bool:
@@ -958,7 +1027,10 @@ class Lab:
                 raise LabError(f"{name}: {exc} (see {self._host_dir(name) / 'console.log'})") from None
             info["init_pid"], info["init_start"] = init, proc_start_time(init)
             netns = ["nsenter", "-t", str(init), "-n"]
-            info["veth"] = _peer_name(_run([*netns, "ip", "-j", "link", "show", "host0"], timeout=20).stdout)
+            try:
+                info["veth"] = container_veth(init)
+            except LabError as exc:
+                raise LabError(f"{name}: {exc} (see {self._host_dir(name) / 'console.log'})") from None
             self._save(state)
             _run([*netns, "ip", "addr", "replace", f"{info['ip']}/24", "dev", "host0"], timeout=20)
             _run([*netns, "ip", "link", "set", "host0", "up"], timeout=20)
@@ -969,23 +1041,27 @@ class Lab:
     def _wait_ready(self, name: str, info: dict[str, Any], timeout: float = BOOT_TIMEOUT) -> None:
         """Wait until sshd answers and accepts the key, then until systemd finished booting (bounded)."""
         deadline = time.monotonic() + timeout
-        while True:
-            if not pid_matches(info.get("pid"), info.get("pid_start")):
-                raise LabError(
-                    f"{name}: the container stopped while booting (see {self._host_dir(name)}/console.log)"
-                )
+
+        def ssh_ok() -> bool:
             try:
                 with socket.create_connection((info["ip"], 22), timeout=1) as sock:
                     sock.settimeout(2)
-                    if sock.recv(8).startswith(b"SSH-"):
-                        argv = ["ssh", "-i", str(self.key_path), *SSH_OPTIONS, f"root@{info['ip']}", "true"]
-                        if subprocess.run(argv, capture_output=True, timeout=15).returncode == 0:
-                            break
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            if time.monotonic() > deadline:
-                raise LabError(f"{name}: sshd on {info['ip']} did not answer within {timeout:.0f}s")
-            time.sleep(0.2)
+                    if not sock.recv(8).startswith(b"SSH-"):
+                        raise NotReady("port 22 answers without an SSH banner")
+                argv = ["ssh", "-i", str(self.key_path), *SSH_OPTIONS, f"root@{info['ip']}", "true"]
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise NotReady(str(exc) or type(exc).__name__) from None
+            if proc.returncode != 0:
+                raise NotReady(f"ssh: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+            return True
+
+        def stopped() -> str | None:
+            if pid_matches(info.get("pid"), info.get("pid_start")):
+                return None
+            return f"the container stopped while booting (see {self._host_dir(name)}/console.log)"
+
+        wait_for(f"{name}: sshd on {info['ip']}", ssh_ok, timeout, interval=0.2, abort=stopped)
         remaining = max(5, int(deadline - time.monotonic()))
         argv = [
             "ssh",
@@ -1049,18 +1125,8 @@ class Lab:
         for info in state["hosts"].values():
             if self._host_running(info):
                 if not info.get("veth"):  # recorded by older versions only from now on: look it up
-                    netns = [
-                        "nsenter",
-                        "-t",
-                        str(info["init_pid"]),
-                        "-n",
-                        "ip",
-                        "-j",
-                        "link",
-                        "show",
-                        "host0",
-                    ]
-                    info["veth"] = _peer_name(_run(netns, timeout=20, check=False).stdout)
+                    with contextlib.suppress(LabError):
+                        info["veth"] = container_veth(info["init_pid"], timeout=5)
                 live.add(info.get("veth"))
         if None in live:
             return  # a running host whose veth is unknown: deleting anything could cut it off
