@@ -8,34 +8,76 @@ mail.yml when known, and the expected form.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
-import functools
 import gc
-import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from provisioner import inputfiles
 from provisioner.errors import SpecError
+from provisioner.grammar import (
+    HASH_SCHEMES,
+    check_address,
+    check_domain,
+    check_host,
+    check_ip_list,
+    check_mail_root,
+    check_mailbox_address,
+    check_password_hash,
+    check_selector,
+    domain_of,
+    format_size,
+    local_of,
+    no_control,
+    parse_size,
+    text_value,
+)
 
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
-# Dot-atom local part (RFC 5322), the form mail administrators actually use.
-_LOCAL_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-# Hash schemes Dovecot verifies that are not reversible or trivially crackable.
-HASH_SCHEMES = ("SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "ARGON2I", "ARGON2ID", "SSHA512", "PBKDF2")
-_CRYPT_PREFIXES = {"$6$": "SHA512-CRYPT", "$5$": "SHA256-CRYPT", "$2y$": "BLF-CRYPT", "$2b$": "BLF-CRYPT"}
-_HASH_RE = re.compile(r"^\{([A-Z0-9.-]+)\}(\S+)$")
-_SELECTOR_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+__all__ = [
+    "HASH_SCHEMES",
+    "Spec",
+    "check_address",
+    "check_domain",
+    "check_mailbox_address",
+    "domain_of",
+    "format_size",
+    "from_data",
+    "load",
+    "loads",
+    "local_of",
+    "parse_size",
+]
+
+#: Message sizes Postfix handles (message_size_limit), and mailbox quotas (Dovecot storage rule).
+MESSAGE_SIZE_MIN, MESSAGE_SIZE_MAX = 1024**2, 4 * 1024**3
+QUOTA_MIN, QUOTA_MAX = 1024**2, 1024**5
+#: Targets of one alias: Postfix's virtual_alias_expansion_limit is 1000 addresses.
+ALIAS_TARGETS_MAX = 1000
+#: Longest alias -> alias chain; Postfix's virtual_alias_recursion_limit is 1000, real specs use 1-3.
+ALIAS_DEPTH_MAX = 100
+#: Nesting of the YAML document (mail.yml's own nesting is 5 levels deep).
+YAML_DEPTH_MAX = 32
+#: Longest single string value (a path, a hash, an address are far shorter).
+STRING_MAX = 4096
 
 
 @contextlib.contextmanager
@@ -50,88 +92,22 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def parse_size(value: Any, field: str = "size") -> int:
-    """Parse a size such as 50M, 2G, 1024 into bytes (binary units)."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"expected a size such as 50M or 2G, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("expected a non-negative size")
+def _path_value(value: Any) -> Any:
+    """A file path field: a string (no control characters) -> Path; None stays None."""
+    if value is None or isinstance(value, Path):
         return value
-    return _parse_size_text(value)
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_size_text(value: str) -> int:
-    # Cached: large specs repeat the same few quota strings thousands of times.
-    match = _SIZE_RE.match(value)
-    if not match:
-        raise ValueError(f"expected a size such as 50M, 2G or a number of bytes, got {value!r}")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-
-
-def format_size(nbytes: int) -> str:
-    """Render bytes with the largest exact binary unit (2147483648 -> 2G), as Dovecot and humans read it."""
-    for suffix, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("k", 1024)):
-        if nbytes and nbytes % factor == 0:
-            return f"{nbytes // factor}{suffix}"
-    return f"{nbytes}B"
-
-
-def check_domain(value: str) -> str:
-    """Return the lower-cased domain name or raise ValueError with the expected form."""
-    return _check_domain_text(str(value))
-
-
-@functools.lru_cache(maxsize=65536)
-def _check_domain_text(value: str) -> str:
-    # Cached: every address of a domain repeats the domain's check.
-    name = value.strip().lower().rstrip(".")
-    if not _DOMAIN_RE.match(name) or name.split(".")[-1].isdigit():
-        raise ValueError(f"expected a fully qualified domain name such as example.org, got {value!r}")
-    return name
-
-
-def check_address(value: str) -> str:
-    """Return the lower-cased mail address or raise ValueError with the expected form."""
-    text = str(value).strip().lower()
-    local, sep, domain = text.rpartition("@")
-    if not sep or not local or len(local) > 64 or not _LOCAL_RE.match(local):
-        raise ValueError(f"expected a mail address such as user@example.org, got {value!r}")
-    try:
-        check_domain(domain)
-    except ValueError:
-        raise ValueError(f"expected a mail address such as user@example.org, got {value!r}") from None
-    return text
-
-
-def domain_of(address: str) -> str:
-    """The domain part of a validated address."""
-    return address.rpartition("@")[2]
-
-
-def local_of(address: str) -> str:
-    """The local part of a validated address."""
-    return address.rpartition("@")[0]
-
-
-def _ip_list(items: list[Any]) -> list[str]:
-    """Normalised IP addresses, or ValueError naming the first item that is not one."""
-    out = []
-    for item in items:
-        try:
-            out.append(str(ipaddress.ip_address(str(item).strip())))
-        except ValueError:
-            raise ValueError(f"expected an IP address, got {item!r}") from None
-    return out
+    text = text_value(value, "path")
+    if not text:
+        raise ValueError("expected a file path, got an empty string")
+    return Path(text)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Mailbox(_Strict):
-    """One mailbox: an address that receives and stores mail, with a password hash."""
+    """One mailbox: an address that receives and stores mail (and logs in), with a password hash."""
 
     address: str
     password_hash: str
@@ -140,34 +116,17 @@ class Mailbox(_Strict):
     @field_validator("address", mode="before")
     @classmethod
     def _address(cls, value: Any) -> str:
-        return check_address(value)
+        return check_mailbox_address(value)
 
     @field_validator("password_hash", mode="before")
     @classmethod
     def _hash(cls, value: Any) -> str:
-        text = str(value).strip()
-        for prefix, scheme in _CRYPT_PREFIXES.items():
-            if text.startswith(prefix):
-                return f"{{{scheme}}}{text}"
-        match = _HASH_RE.match(text)
-        if not match:
-            raise ValueError(
-                "expected a password hash such as {SHA512-CRYPT}$6$... (run `mailprov hash-password`);"
-                " plaintext passwords are refused"
-            )
-        scheme = match.group(1)
-        if scheme not in HASH_SCHEMES:
-            raise ValueError(
-                f"hash scheme {{{scheme}}} is not accepted; expected one of "
-                + ", ".join("{" + s + "}" for s in HASH_SCHEMES)
-                + " (run `mailprov hash-password`)"
-            )
-        return text
+        return check_password_hash(value)
 
     @field_validator("quota", mode="before")
     @classmethod
     def _quota(cls, value: Any) -> int | None:
-        return None if value is None else parse_size(value)
+        return None if value is None else parse_size(value, QUOTA_MIN, QUOTA_MAX)
 
     @property
     def scheme(self) -> str:
@@ -193,6 +152,11 @@ class Domain(_Strict):
     def _name(cls, value: Any) -> str:
         return check_domain(value)
 
+    @field_validator("mailboxes", mode="before")
+    @classmethod
+    def _mailboxes(cls, value: Any) -> Any:
+        return [] if value is None else value
+
     @field_validator("aliases", mode="before")
     @classmethod
     def _aliases(cls, value: Any) -> dict[str, list[str]]:
@@ -204,12 +168,25 @@ class Domain(_Strict):
         for key, targets in value.items():
             if isinstance(targets, str):
                 targets = [targets]
-            if not isinstance(targets, list) or not targets:
-                raise ValueError(f"alias {key}: expected a non-empty list of target addresses")
             address = check_address(key)
+            if not isinstance(targets, list) or not targets:
+                raise ValueError(f"alias {address}: expected a non-empty list of target addresses")
+            if len(targets) > ALIAS_TARGETS_MAX:
+                raise ValueError(
+                    f"alias {address}: {len(targets)} targets; expected at most {ALIAS_TARGETS_MAX}"
+                    " (Postfix's virtual_alias_expansion_limit)"
+                )
             if address in out:
                 raise ValueError(f"alias {address} is listed twice")
-            out[address] = [check_address(t) for t in targets]
+            checked = []
+            for target in targets:
+                try:
+                    checked.append(check_address(target))
+                except ValueError as exc:
+                    raise ValueError(f"alias {address}: {exc}") from None
+            if len(set(checked)) != len(checked):
+                raise ValueError(f"alias {address}: a target is listed twice")
+            out[address] = checked
         return out
 
     @field_validator("catch_all", mode="before")
@@ -229,69 +206,80 @@ class Domain(_Strict):
 
 
 class TLS(_Strict):
-    """Where the server certificate comes from."""
+    """Where the server certificate comes from; in files mode the files are read and judged at load."""
 
     mode: Literal["self-signed", "files"] = "self-signed"
     cert: Path | None = None
     key: Path | None = None
     #: Files mode only: an optional CA chain appended after the certificate.
     chain: Path | None = None
+    _pair: inputfiles.CertificatePair | None = PrivateAttr(default=None)
+
+    @field_validator("cert", "key", "chain", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return _path_value(value)
 
     @model_validator(mode="after")
     def _files(self) -> TLS:
         if self.mode == "files":
             for name in ("cert", "key"):
-                path = getattr(self, name)
-                if path is None:
+                if getattr(self, name) is None:
                     raise ValueError(f"{name}: required when mode is files (path to a PEM file)")
-                if not Path(path).is_file():
-                    raise ValueError(f"{name}: file not found: {path}")
-            if self.chain is not None and not Path(self.chain).is_file():
-                raise ValueError(f"chain: file not found: {self.chain}")
+            assert self.cert is not None and self.key is not None
+            try:
+                self._pair = inputfiles.load_certificate_pair(self.cert, self.key, self.chain)
+            except inputfiles.FieldProblem as exc:
+                raise _error(("tls", exc.field), str(exc)) from None
         elif self.cert or self.key or self.chain:
             raise ValueError("cert/key/chain are only used with mode: files")
         return self
+
+    @property
+    def pair(self) -> inputfiles.CertificatePair | None:
+        """Files mode: the certificate chain and key exactly as judged at load (apply installs these)."""
+        return self._pair
 
 
 class Submission(_Strict):
     """Client submission ports (RFC 6409 / RFC 8314)."""
 
-    starttls_587: bool = True
-    implicit_tls_465: bool = True
+    starttls_587: StrictBool = True
+    implicit_tls_465: StrictBool = True
 
 
 class RelayHost(_Strict):
     """An optional smarthost that all outgoing mail goes through."""
 
     host: str
-    port: int = Field(default=587, ge=1, le=65535)
+    port: StrictInt = Field(default=587, ge=1, le=65535)
     #: false (default) sends to the host itself ([host]); true looks up its MX first.
-    mx_lookup: bool = False
+    mx_lookup: StrictBool = False
 
     @field_validator("host", mode="before")
     @classmethod
     def _host(cls, value: Any) -> str:
-        text = str(value).strip()
-        try:
-            return str(ipaddress.ip_address(text))
-        except ValueError:
-            return check_domain(text)
+        return check_host(value)
+
+    @model_validator(mode="after")
+    def _mx_of_name(self) -> RelayHost:
+        if self.mx_lookup and (":" in self.host or self.host.replace(".", "").isdigit()):
+            raise ValueError("mx_lookup: an IP address has no MX; expected false, or a host name")
+        return self
 
 
 class Network(_Strict):
     """Where the daemons listen and which IP versions they use."""
 
     interfaces: Literal["all", "loopback-only"] | list[str] = "all"
-    ipv4: bool = True
-    ipv6: bool = False
+    ipv4: StrictBool = True
+    ipv6: StrictBool = False
 
     @field_validator("interfaces", mode="before")
     @classmethod
     def _interfaces(cls, value: Any) -> Any:
         if isinstance(value, list):
-            if not value:
-                raise ValueError("expected 'all', 'loopback-only' or a non-empty list of IP addresses")
-            return _ip_list(value)
+            return check_ip_list(value)
         if value not in ("all", "loopback-only"):
             raise ValueError(f"expected 'all', 'loopback-only' or a list of IP addresses, got {value!r}")
         return value
@@ -302,7 +290,7 @@ class Network(_Strict):
             raise ValueError("at least one of ipv4, ipv6 must be true")
         if isinstance(self.interfaces, list):
             for addr in self.interfaces:
-                version = ipaddress.ip_address(addr).version
+                version = 6 if ":" in addr else 4
                 if (version == 4 and not self.ipv4) or (version == 6 and not self.ipv6):
                     raise ValueError(f"interfaces: {addr} is IPv{version}, which is switched off")
         return self
@@ -323,51 +311,49 @@ class DKIM(_Strict):
     #: DNS resolvers OpenDKIM asks when verifying signatures. Empty: it resolves recursively by itself
     #: (its libunbound ignores /etc/resolv.conf), which needs the internet and fails for .test names.
     resolvers: list[str] = Field(default_factory=list)
+    _public_b64: str | None = PrivateAttr(default=None)
+    _private_pem: bytes | None = PrivateAttr(default=None)
+
+    @field_validator("public_key", "private_key", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return _path_value(value)
 
     @field_validator("selector", mode="before")
     @classmethod
     def _selector(cls, value: Any) -> str:
-        text = str(value).strip().lower()
-        if not _SELECTOR_RE.match(text):
-            raise ValueError(f"expected a DNS label such as mail or s2024, got {value!r}")
-        return text
-
-    @field_validator("public_key", mode="after")
-    @classmethod
-    def _public_key(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            if not value.is_file():
-                raise ValueError(f"file not found: {value}")
-            public_key_b64(value)
-        return value
+        return check_selector(value)
 
     @field_validator("resolvers", mode="before")
     @classmethod
     def _resolvers(cls, value: Any) -> list[str]:
-        if value is None:
+        if value is None or value == []:
             return []
         if not isinstance(value, list):
             raise ValueError("expected a list of IP addresses such as [127.0.0.53]")
-        return _ip_list(value)
-
-    @field_validator("private_key", mode="after")
-    @classmethod
-    def _private_key(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            private_key_b64(value)
-        return value
+        return check_ip_list(value, "resolver IP address")
 
     @model_validator(mode="after")
-    def _pair(self) -> DKIM:
-        if (
-            self.public_key is not None
-            and self.private_key is not None
-            and public_key_b64(self.public_key) != private_key_b64(self.private_key)
-        ):
-            raise ValueError(
-                f"public_key {self.public_key} is not the public half of private_key {self.private_key};"
-                " expected the same key pair (or set only private_key: the record is derived from it)"
-            )
+    def _keys(self) -> DKIM:
+        public = None
+        if self.public_key is not None:
+            try:
+                public = public_key_b64(self.public_key)
+            except ValueError as exc:
+                raise _error(("dkim", "public_key"), str(exc)) from None
+        if self.private_key is not None:
+            try:
+                pem, derived = _read_private_key(self.private_key)
+            except ValueError as exc:
+                raise _error(("dkim", "private_key"), str(exc)) from None
+            if public is not None and public != derived:
+                raise _error(
+                    ("dkim", "public_key"),
+                    f"public_key {self.public_key} is not the public half of private_key {self.private_key};"
+                    " expected the same key pair (or set only private_key: the record is derived from it)",
+                )
+            self._private_pem, public = pem, derived
+        self._public_b64 = public
         return self
 
     @property
@@ -378,49 +364,63 @@ class DKIM(_Strict):
     @property
     def public_key_b64(self) -> str | None:
         """The base64 key for the p= tag of the DKIM record, from private_key or public_key; None if neither."""
-        if self.private_key is not None:
-            return private_key_b64(self.private_key)
-        if self.public_key is not None:
-            return public_key_b64(self.public_key)
-        return None
+        return self._public_b64
+
+    @property
+    def private_key_pem(self) -> bytes | None:
+        """The signing key exactly as judged at load (apply installs these bytes)."""
+        return self._private_pem
 
 
 _KEYGEN_HINT = "(create one with `mailprov dkim-keygen -o dkim/mail.key`)"
 DKIM_MIN_BITS = 2048
+_DKIM_P_RE = re.compile(r'p=([A-Za-z0-9+/=\s"]{1,8192})')
+
+
+def _der_rsa_public(der: bytes, path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_der_public_key(der)
+    except ValueError:
+        raise ValueError(
+            f"{path} holds no valid public key; expected a PEM public key or DKIM record"
+        ) from None
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 1024:
+        raise ValueError(f"{path} is not an RSA public key of at least 1024 bits")
 
 
 def public_key_b64(path: Path) -> str:
     """The base64 key material for p= from a PEM public key or an existing 'v=DKIM1; ... p=...' text."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
+    text = inputfiles.read_text(path, inputfiles.PEM_MAX_BYTES, "DKIM public key")
     if "p=" in text and "BEGIN" not in text:
-        match = re.search(r"p=([A-Za-z0-9+/=\s\"]+)", text)
-        if match:
-            return re.sub(r"[\s\"]", "", match.group(1))
-    body = "".join(
-        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----")
-    )
+        match = _DKIM_P_RE.search(text)
+        body = re.sub(r'[\s"]', "", match.group(1)) if match else ""
+    else:
+        body = "".join(
+            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----")
+        )
     try:
-        base64.b64decode(body, validate=True)
-    except ValueError:
+        der = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
         raise ValueError(f"{path} is not a PEM public key or DKIM record") from None
-    return body
+    if not der:
+        raise ValueError(f"{path} is not a PEM public key or DKIM record")
+    _der_rsa_public(der, path)
+    return base64.b64encode(der).decode("ascii")
 
 
-def private_key_b64(path: Path) -> str:
-    """Base64 DER (SubjectPublicKeyInfo) of the public half of a PEM RSA private key; ValueError if unfit."""
+def _read_private_key(path: Path) -> tuple[bytes, str]:
+    """(PEM bytes, base64 DER public half) of a DKIM signing key; ValueError if unfit."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     expected = f"expected a PEM RSA private key of at least {DKIM_MIN_BITS} bits {_KEYGEN_HINT}"
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"file not found: {path}; {expected}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
+        data = inputfiles.read_regular(path, inputfiles.PEM_MAX_BYTES, "PEM private key")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {expected}") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
@@ -429,10 +429,23 @@ def private_key_b64(path: Path) -> str:
         raise ValueError(f"{path} is not an RSA key; {expected}")
     if key.key_size < DKIM_MIN_BITS:
         raise ValueError(f"{path} is a {key.key_size}-bit key; {expected}")
+    problem = inputfiles.key_mode_problem(path)
+    if problem:
+        raise ValueError(problem)
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return base64.b64encode(der).decode("ascii")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return pem, base64.b64encode(der).decode("ascii")
+
+
+def private_key_b64(path: Path) -> str:
+    """Base64 DER (SubjectPublicKeyInfo) of the public half of a PEM RSA private key; ValueError if unfit."""
+    return _read_private_key(path)[1]
 
 
 class DNSPolicy(_Strict):
@@ -463,8 +476,8 @@ class Spec(_Strict):
     domains: list[Domain]
     tls: TLS = Field(default_factory=TLS)
     submission: Submission = Field(default_factory=Submission)
-    imap: bool = True
-    pop3: bool = True
+    imap: StrictBool = True
+    pop3: StrictBool = True
     message_size_limit: int = 50 * 1024**2
     relay_host: RelayHost | None = None
     dkim: DKIM = Field(default_factory=DKIM)
@@ -472,6 +485,8 @@ class Spec(_Strict):
     dns: DNSPolicy = Field(default_factory=DNSPolicy)
     #: Root of the mail store on the host (Maildirs live in ROOT/domain/user/).
     mail_root: str = "/var/vmail"
+    #: Backup MX hosts (lower priority): they accept and queue mail for the domains while this host is away.
+    backup_mx: list[str] = Field(default_factory=list)
 
     @field_validator("hostname", mode="before")
     @classmethod
@@ -481,18 +496,27 @@ class Spec(_Strict):
     @field_validator("message_size_limit", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
-        size = parse_size(value)
-        if size < 1024 * 1024:
-            raise ValueError("expected at least 1M (Postfix needs room for headers)")
-        return size
+        return parse_size(value, MESSAGE_SIZE_MIN, MESSAGE_SIZE_MAX)
 
     @field_validator("mail_root", mode="before")
     @classmethod
     def _mail_root(cls, value: Any) -> str:
-        text = str(value).strip().rstrip("/")
-        if not text.startswith("/") or not re.match(r"^/[A-Za-z0-9._/-]+$", text) or "/.." in text:
-            raise ValueError(f"expected an absolute path such as /var/vmail, got {value!r}")
-        return text
+        return check_mail_root(value)
+
+    @field_validator("backup_mx", mode="before")
+    @classmethod
+    def _backup_mx(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("expected a list of host names such as [mx2.example.org]")
+        out: list[str] = []
+        for item in value:
+            name = check_domain(item)
+            if name in out:
+                raise ValueError(f"{name} is listed twice")
+            out.append(name)
+        return out
 
     @field_validator("domains", mode="after")
     @classmethod
@@ -503,6 +527,10 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
+        if self.hostname in self.backup_mx:
+            raise _error(
+                ("backup_mx",), f"{self.hostname} is the spec's hostname (the primary MX), not a backup"
+            )
         _check_unique(self)
         _check_aliases(self)
         return self
@@ -523,6 +551,11 @@ class Spec(_Strict):
     def primary_domain(self) -> str:
         """The first domain: Postfix's mydomain."""
         return self.domains[0].name
+
+    @property
+    def mx_hosts(self) -> list[tuple[int, str]]:
+        """(preference, host) of every MX: 10 for the hostname, then 20, 30, ... for the backups."""
+        return [(10 * (i + 1), host) for i, host in enumerate([self.hostname, *self.backup_mx])]
 
     @property
     def alias_entries(self) -> list[AliasEntry]:
@@ -662,24 +695,45 @@ def _check_aliases(spec: Spec) -> None:
                     f"{target} points nowhere: expected a mailbox or alias of this spec, "
                     "or an address in another domain",
                 )
-    # Alias loops: follow alias -> alias edges (self-references keep a copy and are fine).
-    state: dict[str, int] = {}
+    _check_alias_graph(aliases, where)
 
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for target in aliases.get(node, []):
-            if target == node or target not in aliases:
+
+def _check_alias_graph(aliases: dict[str, list[str]], where: dict[str, tuple[int | str, ...]]) -> None:
+    """Refuse alias loops and chains deeper than ALIAS_DEPTH_MAX, iteratively (no recursion limit)."""
+    depth: dict[str, int] = {}  # finished nodes: the longest alias chain below them
+    on_path: set[str] = set()
+    for root in aliases:
+        if root in depth:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = [root]
+        on_path.add(root)
+        while stack:
+            node, index = stack[-1]
+            targets = aliases[node]
+            if index < len(targets):
+                stack[-1] = (node, index + 1)
+                target = targets[index]
+                if target == node or target not in aliases or target in depth:
+                    continue
+                if target in on_path:
+                    cycle = [*path[path.index(target) :], target]
+                    raise _error(where[node], "alias loop: " + " -> ".join(cycle))
+                stack.append((target, 0))
+                path.append(target)
+                on_path.add(target)
                 continue
-            if state.get(target) == 1:
-                cycle = [*path[path.index(target) :], target] if target in path else [node, target]
-                raise _error(where[node], "alias loop: " + " -> ".join(cycle))
-            if state.get(target) is None:
-                visit(target, [*path, target])
-        state[node] = 2
-
-    for key in aliases:
-        if key not in state:
-            visit(key, [key])
+            stack.pop()
+            path.pop()
+            on_path.discard(node)
+            below = [depth[t] for t in targets if t != node and t in depth]
+            depth[node] = 1 + max(below, default=0)
+            if depth[node] > ALIAS_DEPTH_MAX:
+                raise _error(
+                    where[node],
+                    f"alias chain deeper than {ALIAS_DEPTH_MAX} levels (alias -> alias -> ...); expected a"
+                    " shallower chain (point aliases at mailboxes)",
+                )
 
 
 # ---------------------------------------------------------------- loading
@@ -723,14 +777,20 @@ def _describe(error: Any) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
-    if kind == "bool_parsing" or kind == "bool_type":
+    if kind in ("bool_parsing", "bool_type"):
         return "expected true or false"
-    if kind in ("model_type", "dict_type"):
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return "expected a whole number"
+    if kind in ("string_type", "str_type"):
+        return "expected a string"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
         return "expected a mapping (key: value)"
     if kind == "list_type":
         return "expected a list"
     if kind == "literal_error":
         return f"expected {message.removeprefix('Input should be ')}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return f"expected a number {message.removeprefix('Input should be ')}"
     return message
 
 
@@ -755,16 +815,81 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
     return out
 
 
-def from_data(data: Any, source: str = "mail.yml", base_dir: Path | None = None) -> Spec:
-    """Validate already-parsed YAML data; raise SpecError naming the field and line.
+class _Refused(Exception):
+    """A structural refusal of parsed YAML (too deep, too many values): no line lookup is attempted."""
+
+
+def check_document(data: Any, budget: int) -> None:
+    """Judge parsed YAML as a whole before the model sees it, iteratively (no recursion).
+
+    Refuses more than `budget` values (aliases that expand a small text into a huge document), nesting
+    deeper than YAML_DEPTH_MAX, mapping keys that are not strings, strings longer than STRING_MAX and
+    control characters (line breaks, tabs, NUL, ESC) in any key or string anywhere.
+    Raises SpecError naming the field; structural ones carry no location (they are not looked up again).
+    """
+    count = 0
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
+    while stack:
+        node, loc = stack.pop()
+        count += 1
+        if count > budget:
+            error = SpecError(
+                "",
+                f"the document expands to more than {budget} values (YAML aliases?); expected the values"
+                " written out",
+            )
+            raise _Refused(error)
+        if len(loc) > YAML_DEPTH_MAX:
+            raise _Refused(
+                SpecError(_field_path(loc[:4]) + "...", f"nested deeper than {YAML_DEPTH_MAX} levels")
+            )
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise _error(loc, f"key {key!r} is not a string; expected names or addresses as keys")
+                _check_string(key, loc, "key")
+                stack.append((value, (*loc, key)))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                stack.append((value, (*loc, i)))
+        elif isinstance(node, str):
+            _check_string(node, loc, "value")
+        elif node is not None and not isinstance(node, bool | int | float):
+            raise _error(
+                loc, f"unexpected {type(node).__name__} value; expected text, a number or true/false"
+            )
+
+
+def _check_string(text: str, loc: tuple[int | str, ...], what: str) -> None:
+    if len(text) > STRING_MAX:
+        raise _error(loc, f"{what} of {len(text)} characters; expected at most {STRING_MAX}")
+    try:
+        no_control(text, what)
+    except ValueError as exc:
+        raise _error(loc, str(exc)) from None
+
+
+#: Values a document built from an API (no text to measure) may have: 200,000 mailboxes fit.
+DATA_BUDGET = 5_000_000
+
+
+def from_data(
+    data: Any, source: str = "mail.yml", base_dir: Path | None = None, budget: int = DATA_BUDGET
+) -> Spec:
+    """Validate already-parsed YAML data (or the same shape from Ansible vars); raise SpecError.
 
     Relative file paths (tls.cert, dkim.private_key, ...) are taken relative to base_dir, the directory of
-    mail.yml, so a spec means the same whatever the working directory.
+    mail.yml, so a spec means the same whatever the working directory. The error's `loc` is the failing
+    field's location, for finding its line.
     """
     if data is None:
         raise SpecError("", f"{source} is empty; expected a mapping with hostname and domains")
     if not isinstance(data, dict):
         raise SpecError("", "expected a mapping at the top level (hostname:, domains:, ...)")
+    try:
+        check_document(data, budget)
+    except _Refused as refused:
+        raise refused.args[0] from None
     try:
         return Spec.model_validate(_resolve_paths(data, base_dir))
     except ValidationError as exc:
@@ -774,11 +899,7 @@ def from_data(data: Any, source: str = "mail.yml", base_dir: Path | None = None)
         loc = tuple(first["loc"])
         # Pydantic appends union member names to locations (e.g. 'list[str]'); drop them.
         loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("literal"))))
-        raise SpecError(_field_path(loc), _describe(first), _line_of(data, loc)) from None
-    except SpecError as exc:
-        if exc.line is None and exc.loc:
-            raise SpecError(exc.field, exc.message, _line_of(data, exc.loc)) from None
-        raise
+        raise _error(loc, _describe(first)) from None
 
 
 #: Above this size the slow, position-keeping YAML parse for error line numbers is skipped.
@@ -786,33 +907,36 @@ _LINE_LOOKUP_MAX = 2_000_000
 
 
 def _parse_fast(text: str) -> Any:
-    """Parse YAML quickly (Rust yaml-rs: YAML 1.2, duplicate keys refused); ruamel as the fallback."""
-    try:
-        import yaml_rs
-    except ImportError:  # pragma: no cover - yaml-rs is a dependency; keep working without it
-        return _parse_with_positions(text)
+    """Parse YAML quickly (Rust yaml-rs: YAML 1.2, duplicate keys refused, alias replays limited)."""
+    import yaml_rs
+
     try:
         return yaml_rs.loads(text, parse_datetime=False)
     except yaml_rs.YAMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"line (\d+)", message)
-        reason = message.strip().splitlines()[-1].strip() if message.strip() else "invalid YAML"
-        if "duplicate" in message:
-            reason = message.splitlines()[0]
+        lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else "invalid YAML"
+        if "duplicate" in message or "limit" in message:
+            reason = lines[0] if lines else reason
+        reason = no_control_repr(reason)[:300]
         raise SpecError("", f"YAML syntax error: {reason}", int(match.group(1)) if match else None) from None
+    except RecursionError:
+        raise SpecError("", f"YAML nested too deeply; expected at most {YAML_DEPTH_MAX} levels") from None
+
+
+def no_control_repr(text: str) -> str:
+    """Text with control characters shown escaped (for messages that quote the input)."""
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
 def _parse_with_positions(text: str) -> Any:
-    """Parse YAML keeping node positions, for error messages with line numbers."""
+    """Parse YAML keeping node positions, for error messages with line numbers (only after yaml-rs parsed it)."""
     yaml = YAML(typ="rt")
     try:
         return yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise SpecError("", f"YAML syntax error: {exc.problem or exc.context}", line) from None
-    except YAMLError as exc:
-        raise SpecError("", f"YAML error: {exc}") from None
+    except (MarkedYAMLError, YAMLError, RecursionError):
+        return None
 
 
 def loads(text: str, source: str = "mail.yml", base_dir: Path | None = None) -> Spec:
@@ -821,26 +945,33 @@ def loads(text: str, source: str = "mail.yml", base_dir: Path | None = None) -> 
     Relative file paths resolve against base_dir (load() passes the file's directory); None keeps them
     relative to the working directory.
     """
+    if len(text) > inputfiles.SPEC_MAX_BYTES:
+        raise SpecError(
+            "", f"{source} has {len(text)} characters; expected at most {inputfiles.SPEC_MAX_BYTES}"
+        )
+    data = _parse_fast(text)
     try:
         with paused_gc():
-            return from_data(_parse_fast(text), source, base_dir)
+            # A document has at most about one value per character; more means aliases multiplied it.
+            return from_data(data, source, base_dir, budget=len(text) + 1000)
     except SpecError as exc:
-        if exc.line is not None or len(text) > _LINE_LOOKUP_MAX:
+        if exc.line is not None or not exc.loc or len(text) > _LINE_LOOKUP_MAX:
             raise
-        try:
-            positioned = _parse_with_positions(text)
-            return from_data(positioned, source, base_dir)
-        except SpecError as located:
-            raise located from None
+        line = _line_of(_parse_with_positions(text), exc.loc)
+        if line is None:
+            raise
+        raise SpecError(exc.field, exc.message, line) from None
 
 
 def load(path: str | Path) -> Spec:
-    """Read and validate a mail.yml file."""
+    """Read and validate a mail.yml file (a regular file of bounded size, never a FIFO or device)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("", f"file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError("", f"cannot read {p}: {exc}") from None
+        data = inputfiles.read_regular(p, inputfiles.SPEC_MAX_BYTES, "mail.yml")
+    except ValueError as exc:
+        raise SpecError("", str(exc)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError("", f"{p} is not UTF-8 text (byte {exc.start}); expected a YAML file") from None
     return loads(text, p.name, p.parent.absolute())

@@ -36,6 +36,7 @@ def write_pem(path: Path, key: object) -> Path:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    path.chmod(0o600)
     return path
 
 
@@ -96,6 +97,7 @@ def test_missing_private_key_file(tmp_path: Path) -> None:
 
 def test_not_a_key(tmp_path: Path) -> None:
     (tmp_path / "junk.key").write_text("hello\n")
+    (tmp_path / "junk.key").chmod(0o600)
     error = refused(spec_text(f"{{private_key: {tmp_path / 'junk.key'}}}"))
     assert error.field == "dkim.private_key" and "PEM RSA private key" in error.message
 
@@ -120,7 +122,7 @@ def test_public_key_must_match(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> No
         other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     error = refused(spec_text(f"{{private_key: {key}, public_key: {pub}}}"))
-    assert error.field == "dkim" and "not the public half" in error.message
+    assert error.field == "dkim.public_key" and "not the public half" in error.message
 
 
 def test_keygen_writes_0600_and_refuses_overwrite(tmp_path: Path) -> None:

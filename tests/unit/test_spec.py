@@ -81,8 +81,9 @@ def test_sizes() -> None:
 
 
 def test_crypt_hash_without_scheme_is_tagged() -> None:
-    text = make(mailboxes='      - address: alice@example.test\n        password_hash: "$6$abc$def"\n')
-    assert spec.loads(text).mailboxes[0].password_hash == "{SHA512-CRYPT}$6$abc$def"
+    bare = HASH.removeprefix("{SHA512-CRYPT}")
+    text = make(mailboxes=f'      - address: alice@example.test\n        password_hash: "{bare}"\n')
+    assert spec.loads(text).mailboxes[0].password_hash == HASH
 
 
 BAD = {
@@ -169,10 +170,8 @@ def test_missing_file() -> None:
         spec.load("/nonexistent/mail.yml")
 
 
-def test_tls_files_mode_accepts_existing_files(tmp_path: Path) -> None:
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.write_text("x")
-    key.write_text("y")
+def test_tls_files_mode_accepts_existing_files(tmp_path: Path, make_tls_files) -> None:  # type: ignore[no-untyped-def]
+    cert, key = make_tls_files(tmp_path)
     model = spec.loads(make(f"tls: {{mode: files, cert: {cert}, key: {key}}}\n"))
     assert model.tls.cert == cert
 
@@ -189,11 +188,11 @@ def test_addresses_refused(text: str) -> None:
 
 
 def test_relative_paths_resolve_against_the_spec_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_tls_files
 ) -> None:
-    (tmp_path / "tls").mkdir()
-    (tmp_path / "tls" / "c.pem").write_text("x")
-    (tmp_path / "tls" / "k.pem").write_text("y")
+    make_tls_files(tmp_path / "tls", stem="x")
+    (tmp_path / "tls" / "xcert.pem").rename(tmp_path / "tls" / "c.pem")
+    (tmp_path / "tls" / "xkey.pem").rename(tmp_path / "tls" / "k.pem")
     spec_file = tmp_path / "mail.yml"
     spec_file.write_text(make("tls: {mode: files, cert: tls/c.pem, key: tls/k.pem}\n"))
     monkeypatch.chdir("/")

@@ -1,0 +1,228 @@
+"""Defense in depth: parse the rendered files back and compare them with the model.
+
+Validation at load is the first wall; this is the second. Every table must hold exactly the model's
+entries, one per line; every configuration file may only set the parameters its template can set, each once,
+and the parameters fed by the spec must hold exactly the model's value. A value that smuggled a line break,
+a field separator or a second parameter past validation would show up here as an extra line, an extra field
+or a wrong value, and rendering stops with an internal error before anything is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+
+from provisioner import TEMPLATES_DIR
+from provisioner.errors import RenderError
+from provisioner.profiles import Profile
+from provisioner.spec import Spec
+
+_PARAM_RE = re.compile(r"([A-Za-z0-9_]+) =(?: (.*))?")
+_SECTION_RE = re.compile(r"([A-Za-z0-9_-]+)(?: ([^\s{}]+))? \{")
+_DKIM_PARAM_RE = re.compile(r"([A-Za-z]+) +(\S.*)")
+
+
+class Mismatch(RenderError):
+    """A rendered file says something the model does not."""
+
+
+def _fail(path: str, problem: str) -> Mismatch:
+    return Mismatch(
+        f"internal error: rendered {path} does not match the spec ({problem}); nothing was written"
+    )
+
+
+def _entries(path: str, text: str) -> Iterable[tuple[int, str]]:
+    """Non-blank, non-comment lines of a table with their line numbers."""
+    for number, line in enumerate(text.split("\n"), 1):
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def _table(path: str, text: str) -> dict[str, str]:
+    """A Postfix table source as {key: value}: one 'key value' per line, keys unique."""
+    out: dict[str, str] = {}
+    for number, line in _entries(path, text):
+        key, sep, value = line.partition(" ")
+        if not sep or not key or not value or value != value.strip() or line != line.strip():
+            raise _fail(path, f"line {number} is not 'key value'")
+        if key in out:
+            raise _fail(path, f"key {key} appears twice (line {number})")
+        out[key] = value
+    return out
+
+
+def _expect_table(path: str, text: str, expected: dict[str, str]) -> None:
+    found = _table(path, text)
+    if found != expected:
+        extra = sorted(set(found) - set(expected))[:3]
+        missing = sorted(set(expected) - set(found))[:3]
+        wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])[:3]
+        raise _fail(path, f"extra {extra}, missing {missing}, different {wrong}")
+
+
+def _passwd_file(path: str, text: str, expected: dict[str, tuple[str, str]]) -> None:
+    """Dovecot passwd-file: user:password:uid:gid:gecos:home:shell:extra, exactly one line per mailbox."""
+    seen: set[str] = set()
+    for number, line in _entries(path, text):
+        fields = line.split(":", 7)  # the extra-fields column may hold colons (quota rules)
+        if len(fields) != 8 or any(fields[2:7]):
+            raise _fail(path, f"line {number} does not have the form user:hash::::::extra")
+        user, password, extra = fields[0], fields[1], fields[7]
+        if user in seen or expected.get(user) != (password, extra):
+            raise _fail(path, f"line {number} (user {user!r}) is not one of the spec's mailboxes")
+        seen.add(user)
+    if seen != set(expected):
+        raise _fail(path, f"{len(set(expected) - seen)} mailboxes missing")
+
+
+@functools.lru_cache(maxsize=16)
+def _template_params(name: str, pattern: str) -> frozenset[tuple[str, str]]:
+    """The (section, parameter) pairs a template can produce, read from its text."""
+    text = (TEMPLATES_DIR / name).read_text()
+    return frozenset(_params(name, text, re.compile(pattern), lenient=True))
+
+
+def _params(path: str, text: str, param_re: re.Pattern[str], lenient: bool = False) -> list[tuple[str, str]]:
+    """(section path, parameter) for every setting in a 'name = value' file with { } sections."""
+    out: list[tuple[str, str]] = []
+    sections: list[str] = []
+    for number, raw in _entries(path, text):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if lenient and line.startswith(("{%", "{#")):
+            continue
+        if line == "}":
+            if not sections:
+                raise _fail(path, f"line {number} closes a section that is not open")
+            sections.pop()
+            continue
+        section = _SECTION_RE.fullmatch(line)
+        if section:
+            sections.append(f"{section.group(1)} {section.group(2) or ''}".strip())
+            continue
+        param = param_re.fullmatch(line)
+        if not param:
+            if lenient:
+                continue
+            raise _fail(path, f"line {number} is neither a setting nor a section")
+        out.append(("/".join(sections), param.group(1)))
+    if sections and not lenient:
+        raise _fail(path, f"section {sections[-1]!r} is never closed")
+    return out
+
+
+def _values(path: str, text: str, param_re: re.Pattern[str]) -> dict[str, str]:
+    """Parameter values by 'section/name' ('name' at the top level) of a 'name = value' file."""
+    out: dict[str, str] = {}
+    sections: list[str] = []
+    for _number, raw in _entries(path, text):
+        line = raw.strip()
+        section = _SECTION_RE.fullmatch(line)
+        if section:
+            sections.append(f"{section.group(1)} {section.group(2) or ''}".strip())
+        elif line == "}":
+            sections.pop()
+        else:
+            match = param_re.fullmatch(line)
+            if match:
+                out["/".join([*sections, match.group(1)])] = match.group(2) or ""
+    return out
+
+
+def _config(path: str, text: str, template: str, pattern: str, expected: dict[str, str]) -> None:
+    """Only the template's parameters, each once per section, and the spec-fed ones equal to the model."""
+    param_re = re.compile(pattern)
+    found = _params(path, text, param_re)
+    allowed = _template_params(template, pattern)
+    seen: set[tuple[str, str]] = set()
+    for item in found:
+        if item not in allowed:
+            raise _fail(
+                path, f"parameter {item[1]!r} (section {item[0] or 'top'!r}) is not one the template sets"
+            )
+        if item in seen:
+            raise _fail(path, f"parameter {item[1]!r} is set twice")
+        seen.add(item)
+    values = _values(path, text, param_re)
+    for name, value in expected.items():
+        if values.get(name) != value:
+            raise _fail(path, f"{name} is {values.get(name)!r}, the spec says {value!r}")
+
+
+def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
+    """Raise Mismatch unless every rendered table and spec-fed parameter says exactly what the model says."""
+    _expect_table(
+        "etc/postfix/vdomains", files["etc/postfix/vdomains"], dict.fromkeys(spec.domain_names, "OK")
+    )
+    _expect_table(
+        "etc/postfix/vmailbox", files["etc/postfix/vmailbox"], {b.address: b.maildir for b in spec.mailboxes}
+    )
+    _expect_table(
+        "etc/postfix/virtual",
+        files["etc/postfix/virtual"],
+        {e.key: ", ".join(e.targets) for e in spec.alias_entries},
+    )
+    from provisioner.render import VMAIL_USER, dovecot_user_extra
+
+    _passwd_file(
+        "etc/dovecot/users",
+        files["etc/dovecot/users"],
+        {b.address: (b.password_hash, dovecot_user_extra(b)) for b in spec.mailboxes},
+    )
+    _config(
+        "etc/postfix/main.cf",
+        files["etc/postfix/main.cf"],
+        "etc/postfix/main.cf.j2",
+        _PARAM_RE.pattern,
+        {
+            "myhostname": spec.hostname,
+            "mydomain": spec.primary_domain,
+            "inet_interfaces": spec.inet_interfaces,
+            "inet_protocols": spec.inet_protocols,
+            "relayhost": spec.relayhost,
+            "message_size_limit": str(spec.message_size_limit),
+        },
+    )
+    _config(
+        "etc/dovecot/dovecot.conf",
+        files["etc/dovecot/dovecot.conf"],
+        "etc/dovecot/dovecot.conf.j2",
+        _PARAM_RE.pattern,
+        {
+            "listen": spec.dovecot_listen,
+            "protocols": " ".join(spec.dovecot_protocols),
+            "userdb/default_fields": f"uid={VMAIL_USER} gid={VMAIL_USER} home={spec.mail_root}/%d/%n",
+            "protocol lmtp/postmaster_address": f"postmaster@{spec.primary_domain}",
+        },
+    )
+    if spec.dkim.signing:
+        selector = spec.dkim.selector
+        _expect_table(
+            "etc/opendkim/KeyTable",
+            files["etc/opendkim/KeyTable"],
+            {f"{selector}._domainkey.{d}": f"{d}:{selector}:{profile.dkim_key}" for d in spec.domain_names},
+        )
+        _expect_table(
+            "etc/opendkim/SigningTable",
+            files["etc/opendkim/SigningTable"],
+            {f"*@{d}": f"{selector}._domainkey.{d}" for d in spec.domain_names},
+        )
+        _config(
+            "etc/opendkim.conf",
+            files["etc/opendkim.conf"],
+            "etc/opendkim.conf.j2",
+            _DKIM_PARAM_RE.pattern,
+            {"AuthservID": spec.hostname},
+        )
+        resolver = files.get("etc/opendkim/resolver.conf")
+        if resolver is not None:
+            addrs = [
+                line.split(":", 1)[1].strip() for line in resolver.split("\n") if "forward-addr:" in line
+            ]
+            if addrs != spec.dkim.resolvers:
+                raise _fail(
+                    "etc/opendkim/resolver.conf", f"forward-addr {addrs}, the spec says {spec.dkim.resolvers}"
+                )
