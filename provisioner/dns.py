@@ -70,21 +70,51 @@ def mta_sts_id(spec: Spec) -> str:
     return hashlib.sha256(mta_sts_policy(spec).encode()).hexdigest()[:20]
 
 
+def check_server_address(value: str, version: int, label: str) -> str:
+    """The mail server's address for an A (version 4) or AAAA (6) record, canonical; UsageError naming label.
+
+    Refused: another IP version, zone ids (fe80::1%eth0), and addresses no other host can reach the server
+    at (unspecified, loopback, link-local, multicast, broadcast, IPv4-mapped IPv6).
+    """
+    example = "192.0.2.25" if version == 4 else "2001:db8::25"
+    expected = f"expected the server's IPv{version} address such as {example}"
+    if not isinstance(value, str) or "%" in value:
+        raise UsageError(f"{label}: {expected} (no zone id such as %eth0), got {value!r}")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise UsageError(f"{label}: {expected}, got {value!r}") from None
+    if address.version != version:
+        other = "--ipv6" if address.version == 6 else "--ip"
+        raise UsageError(f"{label}: {expected}, got the IPv{address.version} address {value!r} (use {other})")
+    kinds = (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("broadcast", address == ipaddress.IPv4Address("255.255.255.255")),
+        ("IPv4-mapped", isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None),
+    )
+    for kind, found in kinds:
+        if found:
+            raise UsageError(
+                f"{label}: {expected} that other hosts reach it at, got the {kind} address {value!r}"
+            )
+    return str(address)
+
+
 def records(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> list[Record]:
     """Every record to publish for the spec; A/AAAA/PTR only when the server's addresses are given."""
-    for label, addr, version in (("--ip", ipv4, 4), ("--ipv6", ipv6, 6)):
-        if addr is not None:
-            try:
-                if ipaddress.ip_address(addr).version != version:
-                    raise ValueError
-            except ValueError:
-                raise UsageError(f"{label}: expected an IPv{version} address, got {addr!r}") from None
+    if ipv4 is not None:
+        ipv4 = check_server_address(ipv4, 4, "--ip")
+    if ipv6 is not None:
+        ipv6 = check_server_address(ipv6, 6, "--ipv6")
     out: list[Record] = []
     host = spec.hostname
     if ipv4:
         out.append(Record(host, "A", ipv4))
     if ipv6:
-        out.append(Record(host, "AAAA", str(ipaddress.ip_address(ipv6))))
+        out.append(Record(host, "AAAA", ipv6))
     # The HELO name gets its own SPF so that bounces (empty MAIL FROM) are authorised too.
     out.append(Record(host, "TXT", "v=spf1 a -all"))
     dkim_key = spec.dkim.public_key_b64

@@ -7,7 +7,6 @@ disk and run the real programs. What `render` returns is exactly what `apply` in
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import jinja2
 
-from provisioner import TEMPLATES_DIR
+from provisioner import TEMPLATES_DIR, outdir
 from provisioner.errors import RenderError
 from provisioner.profiles import Profile
 from provisioner.spec import Spec, format_size, paused_gc
@@ -127,18 +126,18 @@ def tree_digest(files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def write_tree(files: dict[str, str], out_dir: Path) -> list[Path]:
-    """Write the rendered files below out_dir atomically per file; return the written paths."""
-    written = []
-    for rel, text in sorted(files.items()):
-        target = out_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-        written.append(target)
-    return written
+def rendered_paths() -> list[str]:
+    """Every path any render may produce (relative, as render() keys them)."""
+    return [name.removesuffix(".j2") for name in template_names()]
+
+
+def write_tree(files: dict[str, str], out_dir: Path, label: str = "--out") -> list[Path]:
+    """Make out_dir hold exactly the rendered files, swapped in whole (provisioner.outdir); return the paths.
+
+    An out_dir that is a file, a symlink, unwritable or holds anything but an earlier render is a
+    UsageError naming `label`, with nothing written.
+    """
+    return outdir.replace_tree(files, out_dir, rendered_paths(), label)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from provisioner.errors import SpecError, UsageError
 from provisioner.spec import check_domain
 
 # The design example hash (of "example-only", SHA512-CRYPT); the starter file says to replace it.
@@ -67,14 +68,45 @@ INVENTORY_TEMPLATE = """\
 """
 
 
+def check_name(value: str, option: str) -> str:
+    """DOMAIN or --hostname as the spec's domain rule takes it (A-labels), or a UsageError naming `option`."""
+    # Checked before the spec's rule, which the value must pass unchanged: no stripping of spaces or
+    # line breaks (printable excludes control, format and separator characters; ' ' is refused apart).
+    bad = next((char for char in value if char == " " or not char.isprintable()), None)
+    if not value or bad:
+        what = f" (it contains {bad!r})" if bad else ""
+        raise UsageError(f"{option}: expected a domain name such as example.org, got {value!r}{what}")
+    try:
+        return check_domain(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def starter_files(domain: str, hostname: str | None = None) -> tuple[str, str]:
+    """The starter mail.yml and inventory for DOMAIN (and --hostname), proven to load as a spec.
+
+    Refusals are UsageError naming DOMAIN or --hostname; nothing the command writes can fail to load.
+    """
+    from provisioner import spec as spec_mod
+
+    name = check_name(domain, "DOMAIN")
+    host = check_name(hostname, "--hostname") if hostname is not None else f"mail.{name}"
+    text = SPEC_TEMPLATE.format(domain=name, hostname=host, hash=PLACEHOLDER_HASH)
+    try:
+        model = spec_mod.loads(text)
+    except SpecError as exc:
+        option = "--hostname" if exc.field == "hostname" and hostname is not None else "DOMAIN"
+        raise UsageError(f"{option}: the starter spec would not load: {exc.message}") from None
+    if model.hostname != host or list(model.domain_names) != [name]:
+        raise UsageError(f"DOMAIN: the starter spec would not say {name!r} (got {model.domain_names})")
+    return text, INVENTORY_TEMPLATE.format(hostname=host)
+
+
 def starter_spec(domain: str, hostname: str | None = None) -> str:
-    """The commented starter mail.yml for a domain."""
-    domain = check_domain(domain)
-    host = check_domain(hostname) if hostname else f"mail.{domain}"
-    return SPEC_TEMPLATE.format(domain=domain, hostname=host, hash=PLACEHOLDER_HASH)
+    """The commented starter mail.yml for a domain (UsageError naming DOMAIN/--hostname if refused)."""
+    return starter_files(domain, hostname)[0]
 
 
 def starter_inventory(domain: str, hostname: str | None = None) -> str:
-    """The example inventory for a domain's mail host."""
-    host = check_domain(hostname) if hostname else f"mail.{check_domain(domain)}"
-    return INVENTORY_TEMPLATE.format(hostname=host)
+    """The example inventory for a domain's mail host (UsageError naming DOMAIN/--hostname if refused)."""
+    return starter_files(domain, hostname)[1]

@@ -1,23 +1,94 @@
-"""Commands that need no host: init, render, dns, hash-password, dkim-keygen."""
+"""Commands that need no host: init, render, dns, hash-password, dkim-keygen.
+
+Every option value is checked here like a spec field, before anything is read or written: a bad one is
+one line on stderr naming the option, exit 2, nothing written. Values are taken as text and parsed here
+(not by the option parser) so that their errors have that same one-line form.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
+import re
 import sys
-from enum import StrEnum
+import tempfile
+import unicodedata
 from pathlib import Path
 
 import typer
 
-from provisioner import dkimkeys, dns, profiles, render, spec, starter
+from provisioner import dkimkeys, dns, outdir, profiles, render, spec, starter
 from provisioner.cli.common import handle_errors
 from provisioner.errors import UsageError
 from provisioner.passwords import hash_password
 
+DNS_FORMATS = ("zone", "json")
+#: Longer input on stdin is refused rather than read without end (and no client sends more).
+PASSWORD_MAX_BYTES = 1024
 
-class DnsFormat(StrEnum):
-    zone = "zone"
-    json = "json"
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path):
+        path = path.parent
+    return path
+
+
+def check_output_file(path: Path, label: str, force: bool) -> Path:
+    """A file path a command may create, or with --force replace (by rename, never writing through a link)."""
+    shown = outdir.show(path)
+    if path.is_dir():
+        raise UsageError(f"{label}: {shown} is a directory; expected a file path")
+    if os.path.lexists(path):
+        if not force:
+            raise UsageError(f"{label}: {shown} exists; use --force to replace it")
+        if not path.is_symlink() and not path.is_file():
+            raise UsageError(f"{label}: {shown} is not a regular file; expected a file path")
+    base = _nearest_existing(path.absolute().parent)
+    if not base.is_dir():
+        raise UsageError(f"{label}: {outdir.show(base)} is not a directory; expected a file path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"{label}: {outdir.show(base)} is not writable")
+    return path
+
+
+def write_files(items: list[tuple[Path, str, str]]) -> None:
+    """Write (path, text, option label) files all or none: temporary siblings first, then renames."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    made: list[Path] = []
+    temps: list[tuple[str, Path, str]] = []
+    label = ""
+    try:
+        for path, text, option in items:
+            label = option
+            missing = []
+            parent = path.absolute().parent
+            while not os.path.lexists(parent):
+                missing.append(parent)
+                parent = parent.parent
+            for directory in reversed(missing):
+                directory.mkdir()
+                made.append(directory)
+            fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path, option))
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~umask)
+        for tmp, path, option in temps:
+            label = option
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp, _, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        where = outdir.show(exc.filename) if exc.filename else "it"
+        raise UsageError(f"{label}: cannot write {where}: {exc.strerror}") from None
 
 
 @handle_errors
@@ -34,17 +105,14 @@ def init(
 
     Example: mailprov init example.org --hostname mx1.example.org
     """
-    try:
-        text = starter.starter_spec(domain, hostname)
-        inv = starter.starter_inventory(domain, hostname)
-    except ValueError as exc:
-        option = "--hostname" if hostname and repr(hostname) in str(exc) else "DOMAIN"
-        raise UsageError(f"{option}: {exc}") from None
-    for path in (output, inventory):
-        if path.exists() and not force:
-            raise UsageError(f"{path} exists; use --force to overwrite it")
-    output.write_text(text)
-    inventory.write_text(inv)
+    text, inv = starter.starter_files(domain, hostname)
+    check_output_file(output, "-o/--output", force)
+    check_output_file(inventory, "--inventory", force)
+    if os.path.abspath(output) == os.path.abspath(inventory) or (
+        output.exists() and inventory.exists() and output.samefile(inventory)
+    ):
+        raise UsageError(f"--inventory: {outdir.show(inventory)} is the same file as -o/--output")
+    write_files([(output, text, "-o/--output"), (inventory, inv, "--inventory")])
     print(f"wrote {output} and {inventory}; replace the placeholder password hash (mailprov hash-password)")
 
 
@@ -53,7 +121,11 @@ def render_cmd(
     spec_file: Path = typer.Argument(..., help="The mail.yml to render."),
     os_name: str = typer.Option("debian12", "--os", help="OS profile: el9, el10 or debian12."),
     out: Path = typer.Option(
-        Path("build"), "-o", "--out", help="Output directory (paths mirror the target)."
+        Path("build"),
+        "-o",
+        "--out",
+        help="Output directory (paths mirror the target). It is replaced whole, so it must be new, "
+        "empty or an earlier render's output.",
     ),
     check: bool = typer.Option(
         False, "--check", help="Validate with the real postconf/doveconf when installed."
@@ -64,12 +136,14 @@ def render_cmd(
     Example: mailprov render mail.yml --os el9 -o build/ --check
     """
     profile = profiles.get(os_name)
+    outdir.check_out_dir(out, render.rendered_paths())  # before the spec is read: a bad --out costs nothing
     model = spec.load(spec_file)
     files = render.render(model, profile)
     render.write_tree(files, out)
     for rel in sorted(files):
         print(out / rel)
     if check:
+        # The tree judged is the one just swapped in whole: nothing from an earlier render is left in it.
         failed = False
         for result in render.check_tree(out, profile):
             status = "ok" if result.ok else ("not run" if not result.ran else "FAILED")
@@ -82,7 +156,7 @@ def render_cmd(
 @handle_errors
 def dns_cmd(
     spec_file: Path = typer.Argument(..., help="The mail.yml."),
-    fmt: DnsFormat = typer.Option(DnsFormat.zone, "--format", help="zone (zone-file snippet) or json."),
+    fmt: str = typer.Option("zone", "--format", help="zone (zone-file snippet) or json."),
     ip: str = typer.Option(None, "--ip", help="The mail server's IPv4 address (adds A and PTR)."),
     ipv6: str = typer.Option(None, "--ipv6", help="The mail server's IPv6 address (adds AAAA and PTR)."),
 ) -> None:
@@ -90,9 +164,43 @@ def dns_cmd(
 
     Example: mailprov dns mail.yml --ip 192.0.2.25 --format json
     """
+    if fmt not in DNS_FORMATS:
+        raise UsageError(f"--format: expected one of {', '.join(DNS_FORMATS)}, got {fmt!r}")
+    ipv4 = None if ip is None else dns.check_server_address(ip, 4, "--ip")
+    ipv6 = None if ipv6 is None else dns.check_server_address(ipv6, 6, "--ipv6")
     model = spec.load(spec_file)
-    text = dns.to_json(model, ip, ipv6) if fmt == DnsFormat.json else dns.to_zone(model, ip, ipv6)
+    text = dns.to_json(model, ipv4, ipv6) if fmt == "json" else dns.to_zone(model, ipv4, ipv6)
     sys.stdout.write(text)
+
+
+def _read_password_line() -> str:
+    """One line of stdin as the password: bounded, UTF-8, without its line ending."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is not None:
+        raw = stream.readline(PASSWORD_MAX_BYTES + 3)
+    else:
+        raw = sys.stdin.readline(PASSWORD_MAX_BYTES + 3).encode("utf-8", "surrogateescape")
+    line = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if len(line) > PASSWORD_MAX_BYTES:
+        raise UsageError(f"--stdin: the password is longer than {PASSWORD_MAX_BYTES} bytes")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("--stdin: the password is not UTF-8 text") from None
+
+
+def check_password(password: str, label: str) -> str:
+    """A password hash-password accepts: not empty, no control characters (no client could send them)."""
+    if not password:
+        raise UsageError(f"{label}: empty password")
+    if len(password.encode("utf-8", "surrogatepass")) > PASSWORD_MAX_BYTES:
+        raise UsageError(f"{label}: the password is longer than {PASSWORD_MAX_BYTES} bytes")
+    bad = next((char for char in password if unicodedata.category(char) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise UsageError(
+            f"{label}: the password contains a control character ({bad!r}); expected printable text on one line"
+        )
+    return password
 
 
 @handle_errors
@@ -104,13 +212,11 @@ def hash_password_cmd(
     Example: mailprov hash-password  (then paste the hash into mail.yml)
     """
     if stdin or not sys.stdin.isatty():
-        password = sys.stdin.readline().rstrip("\n")
+        password = check_password(_read_password_line(), "--stdin")
     else:
-        password = getpass.getpass("Password: ")
+        password = check_password(getpass.getpass("Password: "), "password")
         if getpass.getpass("Again: ") != password:
-            raise UsageError("the passwords differ")
-    if not password:
-        raise UsageError("empty password")
+            raise UsageError("password: the two entries differ")
     print(hash_password(password))
 
 
@@ -119,14 +225,22 @@ def dkim_keygen_cmd(
     output: Path = typer.Option(
         Path("dkim/mail.key"), "-o", "--output", help="Where to write the private key (mode 0600)."
     ),
-    bits: int = typer.Option(dkimkeys.DEFAULT_BITS, "--bits", help="RSA key size: 2048, 3072 or 4096."),
+    bits: str = typer.Option(str(dkimkeys.DEFAULT_BITS), "--bits", help="RSA key size: 2048, 3072 or 4096."),
     force: bool = typer.Option(False, "--force", help="Replace an existing key."),
 ) -> None:
     """Generate an RSA DKIM signing key (PEM, mode 0600) for dkim.private_key in mail.yml.
 
     Example: mailprov dkim-keygen -o dkim/mail.key  (then `mailprov dns mail.yml` shows the record)
     """
-    path = dkimkeys.write_key(output, bits, force)
+    allowed = dkimkeys.ALLOWED_BITS
+    if not re.fullmatch(r"[0-9]{1,5}", bits) or int(bits) not in allowed:
+        raise UsageError(f"--bits: expected one of {', '.join(map(str, allowed))}, got {bits!r}")
+    check_output_file(output, "-o/--output", force)
+    try:
+        path = dkimkeys.write_key(output, int(bits), force)
+    except OSError as exc:
+        where = outdir.show(exc.filename) if exc.filename else outdir.show(output)
+        raise UsageError(f"-o/--output: cannot write {where}: {exc.strerror}") from None
     print(f"wrote {path} ({bits}-bit RSA, mode 0600; keep it private)")
     print(f"use it in mail.yml:  dkim: {{selector: mail, private_key: {path}}}")
     print("then publish the record `mailprov dns mail.yml` prints, and apply: OpenDKIM signs with it")
