@@ -15,7 +15,7 @@ lint:
 	ruff check provisioner tests benchmarks
 	ruff format --check provisioner tests benchmarks
 	mypy provisioner
-	ansible-lint --offline playbooks
+	ANSIBLE_COLLECTIONS_PATH=collections ansible-lint --offline collections/ansible_collections/mailprov/mail playbooks
 # --ignore-provider: a machine without VirtualBox/libvirt still validates the Vagrantfile itself
 	vagrant validate --ignore-provider
 

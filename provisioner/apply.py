@@ -1,19 +1,22 @@
-"""Apply: render the spec for every OS profile, run playbooks/site.yml, and parse its events into a recap.
+"""Apply: the role's controller side (spec -> per-profile plans) and `mailprov apply`, a thin runner.
 
-The control machine renders (Python, `render.render`), Ansible converges. Rendering happens for all
-profiles up front, into one directory per profile, so a single playbook run serves a mixed inventory: each
-host picks its profile from its own facts (`ansible_os_family` + major version) and loads that directory's
-plan. That costs a few milliseconds of Jinja per profile instead of a separate fact-gathering pass over
-SSH. What Ansible installs is byte for byte what `mailprov render` shows.
+The collection `mailprov.mail` (collections/ansible_collections/mailprov/mail) is the one place where host
+work is described; its role `mailprov.mail.server` takes the spec (`mailprov_spec` or `mailprov_spec_file`)
+and its action plugin `mailprov.mail.render` calls `role_input()` here, on the controller: the spec is
+validated by the same model as `mailprov render`, and rendered for every OS profile, so a mixed inventory
+needs no extra fact-gathering pass and what Ansible installs is byte for byte what `mailprov render` shows.
 
-Pure parts (plan building, command line, environment, event parsing, recap) are module functions with
-unit tests; `run()` is the only place that starts a process.
+`mailprov apply` only writes the spec where the role reads it, points Ansible at the collection in this
+tree, runs playbooks/site.yml, and folds the JSON-lines events into a recap. Pure parts (plans, command
+line, environment, event parsing, recap) are module functions with unit tests; `run()` is the only place
+that starts a process.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -26,10 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner import PLAYBOOKS_DIR
+from ruamel.yaml import YAML
+
+from provisioner import PLAYBOOKS_DIR, PROJECT_ROOT
 from provisioner import profiles as profiles_mod
 from provisioner import render as render_mod
-from provisioner.errors import ApplyError, UsageError
+from provisioner import spec as spec_mod
+from provisioner.errors import ApplyError, SpecError, UsageError
 from provisioner.profiles import Profile
 from provisioner.spec import Spec
 
@@ -37,11 +43,15 @@ PLAYBOOK = PLAYBOOKS_DIR / "site.yml"
 ANSIBLE_CFG = PLAYBOOKS_DIR / "ansible.cfg"
 CALLBACK_DIR = PLAYBOOKS_DIR / "callback_plugins"
 CALLBACK_NAME = "mailprov_events"
+#: The collection tree in this repository: ANSIBLE_COLLECTIONS_PATH points here (no Galaxy, no network).
+COLLECTIONS_DIR = PROJECT_ROOT / "collections"
+COLLECTION_DIR = COLLECTIONS_DIR / "ansible_collections" / "mailprov" / "mail"
+ROLE_DIR = COLLECTION_DIR / "roles" / "server"
 #: Rendered paths whose content is secret (password hashes): never logged, never shown in a diff.
 SECRET_PATHS = frozenset({"etc/dovecot/users"})
 #: Greeting kind of each port for the post-activation probe.
 PORT_KINDS = {25: "smtp", 587: "smtp", 465: "tls", 143: "imap", 993: "tls", 110: "pop3", 995: "tls"}
-#: What the SELinux tasks run (semanage fcontext); restorecon comes with the base system.
+#: What the SELinux tasks need (semanage and its Python bindings); restorecon comes with the base system.
 SELINUX_PACKAGES = ("policycoreutils-python-utils",)
 #: Sockets Dovecot creates for Postfix (LMTP delivery, SASL).
 SOCKETS = ("/var/spool/postfix/private/dovecot-lmtp", "/var/spool/postfix/private/auth")
@@ -53,7 +63,7 @@ Transform = Callable[[dict[str, str]], dict[str, str]]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Plan: what the playbook needs, as data
+# Plan: what the role needs, as data
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -72,19 +82,29 @@ def probe_host(spec: Spec) -> str:
     return "127.0.0.1" if spec.network.ipv4 else "::1"
 
 
+def tls_chain_text(spec: Spec) -> str:
+    """The certificate followed by its chain (mode files), as installed on the host; '' otherwise."""
+    if spec.tls.mode != "files" or spec.tls.cert is None:
+        return ""
+    chain = spec.tls.cert.read_text(encoding="utf-8")
+    if not chain.endswith("\n"):
+        chain += "\n"
+    if spec.tls.chain is not None:
+        chain += spec.tls.chain.read_text(encoding="utf-8")
+    return chain
+
+
 def plan(
     spec: Spec,
     profile: Profile,
     files: Mapping[str, str],
-    tls_cert_src: str | None = None,
-    tls_key_src: str | None = None,
-    dkim_key_src: str | None = None,
-    dkim_key_sha256: str = "",
+    hostname: str | None = None,
+    tls_chain: str | None = None,
 ) -> dict[str, Any]:
-    """The playbook's `mailprov_plan` for one profile: rendered files with ownership, and the host facts.
+    """The role's plan for one profile: rendered files with ownership, and what the host tasks need.
 
-    The DKIM private key travels as a path on the control machine and a digest (to tell whether the
-    host's copy is current), never as content.
+    `hostname` is the server this plan is for (default: the spec's hostname). Key material travels as a
+    path on the control machine and a digest (to tell whether the host's copy is current), never as content.
     """
     entries = []
     secrets = {}
@@ -107,6 +127,11 @@ def plan(
     if signing:
         # OpenDKIM's milter answers only after the client speaks: a TCP connect on loopback is the probe.
         probe_ports.append({"port": render_mod.DKIM_MILTER_PORT, "kind": "tcp", "host": "127.0.0.1"})
+    dkim_src, dkim_sha256 = "", ""
+    if signing and spec.dkim.private_key is not None:
+        dkim_src = str(spec.dkim.private_key.resolve())
+        dkim_sha256 = hashlib.sha256(spec.dkim.private_key.read_bytes()).hexdigest()
+    files_mode = spec.tls.mode == "files" and spec.tls.key is not None
     return {
         "profile": profile.name,
         "title": profile.title,
@@ -119,7 +144,7 @@ def plan(
         "files": entries,
         "secret_contents": secrets,
         "digest": render_mod.tree_digest(dict(files)),
-        "hostname": spec.hostname,
+        "hostname": hostname or spec.hostname,
         "mail_root": spec.mail_root,
         "vmail_user": render_mod.VMAIL_USER,
         "vmail_uid": render_mod.VMAIL_UID,
@@ -129,15 +154,15 @@ def plan(
             "mode": spec.tls.mode,
             "cert": profile.tls_cert,
             "key": profile.tls_key,
-            "cert_src": tls_cert_src or "",
-            "key_src": tls_key_src or "",
+            "cert_content": tls_chain_text(spec) if tls_chain is None else tls_chain,
+            "key_src": str(spec.tls.key.resolve()) if files_mode and spec.tls.key else "",
         },
         "dkim": {
             "signing": signing,
             "key": profile.dkim_key,
             "key_dir": profile.dkim_key_dir,
-            "key_src": dkim_key_src or "",
-            "key_sha256": dkim_key_sha256 if signing else "",
+            "key_src": dkim_src,
+            "key_sha256": dkim_sha256,
             "user": profile.dkim_user,
             "service": profile.dkim_service,
         },
@@ -153,55 +178,192 @@ def plan(
     }
 
 
+def server_names(spec: Spec) -> list[str]:
+    """The servers a spec describes: its hostname (the primary), then its backup MX hosts, if any."""
+    backups = getattr(spec, "backup_mx", None) or []
+    return [spec.hostname, *[str(b) for b in backups]]
+
+
+def check_server(spec: Spec, mailprov_hostname: str | None) -> str:
+    """The server an inventory host is (`mailprov_hostname`, default the spec's hostname); UsageError if unknown."""
+    name = (mailprov_hostname or "").strip().lower().rstrip(".") or spec.hostname
+    names = server_names(spec)
+    if name not in names:
+        raise UsageError(
+            f"mailprov_hostname: {name} is neither the spec's hostname ({spec.hostname}) nor one of its "
+            f"backup_mx ({', '.join(names[1:]) or 'none'}); expected one of {', '.join(names)}"
+        )
+    return name
+
+
+def load_role_spec(
+    spec_data: Any = None, spec_file: str | Path | None = None, base_dir: Path | None = None
+) -> Spec:
+    """The role's input as a Spec: exactly one of mailprov_spec (data) or mailprov_spec_file (path).
+
+    Errors name the role variable and the spec field: `mailprov_spec: domains[0].name: ...`.
+    """
+    has_data = spec_data not in (None, "", {})
+    has_file = bool(spec_file)
+    if has_data == has_file:
+        raise UsageError(
+            "mailprov_spec / mailprov_spec_file: expected exactly one of them (the spec as a mapping, "
+            f"or the path of mail.yml on the controller); got {'both' if has_data else 'neither'}"
+        )
+    if has_file:
+        path = Path(str(spec_file)).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            return spec_mod.load(path)
+        except SpecError as exc:
+            raise UsageError(f"mailprov_spec_file ({path}): {_spec_problem(exc)}") from None
+    try:
+        return spec_mod.from_data(_plain(spec_data), "mailprov_spec", base_dir)
+    except SpecError as exc:
+        raise UsageError(f"mailprov_spec: {_spec_problem(exc)}") from None
+
+
+def _spec_problem(exc: SpecError) -> str:
+    where = f"{exc.field}" + (f" (line {exc.line})" if exc.line else "")
+    return f"{where}: {exc.message}" if where else exc.message
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's (tagged) containers and strings as plain Python types, for the model."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def role_input(
+    spec: Spec,
+    mailprov_hostname: str | None = None,
+    append: Mapping[str, str] | None = None,
+    profiles: list[Profile] | None = None,
+) -> dict[str, Any]:
+    """What the role's render step returns for one host: its server name and a plan per OS profile.
+
+    `append` (tests only: the role's internal `__mailprov_append`) adds text to rendered files, to prove
+    that a file the real programs reject is never activated.
+    """
+    server = check_server(spec, mailprov_hostname)
+    chain = tls_chain_text(spec)
+    plans = {}
+    for profile in profiles or list(profiles_mod.PROFILES.values()):
+        files = render_mod.render(spec, profile)
+        if append:
+            files = dict(files)
+            for rel, text in append.items():
+                files[rel] = files.get(rel, "") + text
+        plans[profile.name] = plan(spec, profile, files, server, chain)
+    return {"hostname": server, "servers": server_names(spec), "plans": plans, "profile_map": profile_map()}
+
+
+def role_os_vars() -> dict[str, str]:
+    """The role's per-OS vars files (vars/FAMILY-MAJOR.yml), generated from profiles.py: name -> YAML text."""
+    out = {}
+    for key, name in sorted(profile_map().items()):
+        profile = profiles_mod.PROFILES[name]
+        facts = {
+            "title": profile.title,
+            "packages": list(profile.packages),
+            "dkim_packages": list(profile.dkim_packages),
+            "selinux_packages": list(SELINUX_PACKAGES) if profile.selinux else [],
+            "map_type": profile.map_type,
+            "daemon_directory": profile.daemon_directory,
+            "tls_cert": profile.tls_cert,
+            "tls_key": profile.tls_key,
+            "dkim_key": profile.dkim_key,
+            "dkim_user": profile.dkim_user,
+            "dkim_service": profile.dkim_service,
+            "firewalld_services": {
+                str(port): svc for port, svc in sorted(profile.firewalld_services.items())
+            },
+            "selinux": profile.selinux,
+            "mta_alternative": profile.mta_alternative,
+        }
+        stream = io.StringIO()
+        yaml = YAML(typ="safe", pure=True)
+        yaml.default_flow_style = False
+        yaml.indent(mapping=2, sequence=4, offset=2)
+        yaml.dump({"__mailprov_profile": name, "__mailprov_os": facts}, stream)
+        body = stream.getvalue().rstrip("\n")
+        out[f"{key}.yml"] = (
+            "---\n# Generated from provisioner/profiles.py (profile "
+            f"{name}) by provisioner.apply.write_role_os_vars(); do not edit.\n{body}\n"
+        )
+    return out
+
+
+def write_role_os_vars(role_dir: Path = ROLE_DIR) -> list[Path]:
+    """Regenerate the role's vars/FAMILY-MAJOR.yml from profiles.py (after a profile changes)."""
+    written = []
+    for name, text in role_os_vars().items():
+        target = role_dir / "vars" / name
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written
+
+
 def write_build(
     spec: Spec, build_dir: Path, transform: Transform | None = None, profiles: list[Profile] | None = None
 ) -> Path:
-    """Render the spec for every profile into build_dir (PROFILE.json plans + tree/ copies for reading).
+    """Render the spec for every profile into build_dir (PROFILE.json plans + tree/ copies, for reading).
 
-    `transform` (tests) may alter the rendered files before they become the plan, e.g. to inject an
-    invalid parameter and prove that validation stops it.
+    `mailprov apply --build-dir` keeps this record of a run; `transform` (tests) may alter the rendered
+    files before they become the plan.
     """
     build_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(build_dir, 0o700)
-    cert_src = key_src = None
-    if spec.tls.mode == "files":
-        assert spec.tls.cert is not None and spec.tls.key is not None
-        chain = spec.tls.cert.read_text(encoding="utf-8")
-        if not chain.endswith("\n"):
-            chain += "\n"
-        if spec.tls.chain is not None:
-            chain += spec.tls.chain.read_text(encoding="utf-8")
-        cert_path = build_dir / "tls" / "fullchain.pem"
-        cert_path.parent.mkdir(exist_ok=True)
-        cert_path.write_text(chain, encoding="utf-8")
-        cert_src, key_src = str(cert_path), str(spec.tls.key.resolve())
-    dkim_src, dkim_sha256 = None, ""
-    if spec.dkim.private_key is not None:
-        dkim_src = str(spec.dkim.private_key.resolve())
-        dkim_sha256 = hashlib.sha256(spec.dkim.private_key.read_bytes()).hexdigest()
+    chain = tls_chain_text(spec)
     for profile in profiles or list(profiles_mod.PROFILES.values()):
         files = render_mod.render(spec, profile)
         if transform is not None:
             files = transform(dict(files))
         render_mod.write_tree(files, build_dir / profile.name / "tree")
-        data = {"mailprov_plan": plan(spec, profile, files, cert_src, key_src, dkim_src, dkim_sha256)}
+        data = {"mailprov_plan": plan(spec, profile, files, tls_chain=chain)}
         target = build_dir / f"{profile.name}.json"
         target.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.chmod(target, 0o600)
     return build_dir
 
 
+def spec_document(spec: Spec) -> str:
+    """The validated spec as a JSON document the role reads back (`mailprov_spec_file`): same model, same files."""
+    return json.dumps(spec.model_dump(mode="json"), indent=1)
+
+
 def extra_vars(
-    default_build: Path | None, host_builds: Mapping[str, Path] | None = None, run_id: str | None = None
+    spec_file: Path | None = None,
+    append: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """The playbook's extra variables: where the plans are, how to pick a profile, the run's timestamp."""
-    data: dict[str, Any] = {"mailprov_profile_map": profile_map()}
-    if default_build is not None:
-        data["mailprov_build"] = str(default_build)
-    if host_builds:
-        data["mailprov_builds"] = {host: str(path) for host, path in host_builds.items()}
+    """The playbook's extra variables: the spec file (all hosts), test appends, the run's timestamp."""
+    data: dict[str, Any] = {}
+    if spec_file is not None:
+        data["mailprov_spec_file"] = str(spec_file)
+    if append:
+        data["__mailprov_append"] = dict(append)
     data["mailprov_run_id"] = run_id or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     return data
+
+
+def host_inventory(host_spec_files: Mapping[str, Path]) -> dict[str, Any]:
+    """An extra inventory source giving some hosts their own spec (host variable `mailprov_spec_file`)."""
+    return {
+        "all": {"hosts": {host: {"mailprov_spec_file": str(path)} for host, path in host_spec_files.items()}}
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,13 +379,13 @@ def ansible_playbook_path() -> str:
     found = shutil.which("ansible-playbook")
     if found is None:
         raise UsageError(
-            "ansible-playbook not found: install ansible-core (pip install 'ansible-core>=2.16')"
+            "ansible-playbook not found: install ansible-core (pip install 'ansible-core>=2.19,<2.20')"
         )
     return found
 
 
 def playbook_command(
-    inventory: str,
+    inventory: str | list[str],
     extra_vars_file: Path,
     *,
     check: bool = False,
@@ -233,8 +395,11 @@ def playbook_command(
     playbook: Path = PLAYBOOK,
     executable: str = "ansible-playbook",
 ) -> list[str]:
-    """The ansible-playbook argv for one apply run."""
-    argv = [executable, "-i", inventory, "-e", f"@{extra_vars_file}"]
+    """The ansible-playbook argv for one apply run (several inventory sources are merged by Ansible)."""
+    argv = [executable]
+    for source in [inventory] if isinstance(inventory, str) else inventory:
+        argv += ["-i", source]
+    argv += ["-e", f"@{extra_vars_file}"]
     if check:
         argv.append("--check")
     if diff:
@@ -248,11 +413,17 @@ def playbook_command(
 
 
 def ansible_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for ansible-playbook: our config, the JSON-lines callback, no colour, no cowsay."""
+    """Environment for ansible-playbook: our config, this tree's collection first, the JSON-lines callback."""
     env = dict(os.environ if base is None else base)
+    # This tree's collection wins over any installed copy (a fresh clone runs without Galaxy).
+    paths = [
+        str(COLLECTIONS_DIR),
+        *[p for p in env.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p],
+    ]
     env.update(
         {
             "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
+            "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(dict.fromkeys(paths)),
             "ANSIBLE_STDOUT_CALLBACK": CALLBACK_NAME,
             "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_DIR),
             "ANSIBLE_NOCOLOR": "1",
@@ -318,6 +489,16 @@ class ApplyResult:
         )
 
     @property
+    def bad_input(self) -> list[str]:
+        """Failures caused by the input (spec, role variables), not by a host: exit code 2."""
+        return [
+            failure["msg"]
+            for host in self.hosts.values()
+            for failure in host.failures
+            if is_input_task(failure.get("task", ""))
+        ]
+
+    @property
     def changed(self) -> int:
         """Total changed tasks over all hosts."""
         return sum(h.changed for h in self.hosts.values())
@@ -330,6 +511,16 @@ class ApplyResult:
             "check": self.check,
             "elapsed": round(self.elapsed, 2),
         }
+
+
+#: Task names (after the role prefix) of the role's input checks: their failures are bad input.
+INPUT_TASKS = ("Spec | ", "Validating arguments against arg spec")
+
+
+def is_input_task(name: str) -> bool:
+    """Whether a task is one of the role's input checks (argument specs, spec validation)."""
+    short = name.split(" : ", 1)[1] if " : " in name else name
+    return short.startswith(INPUT_TASKS)
 
 
 class Recap:
@@ -387,7 +578,8 @@ class ApplyRequest:
     limit: str | None = None
     tags: str | None = None
     build_dir: Path | None = None
-    transform: Transform | None = None
+    #: Tests only: text appended to rendered files (relative path -> text), see `role_input`.
+    append: dict[str, str] = field(default_factory=dict)
 
 
 def _stream(proc: subprocess.Popen[str]) -> Iterator[str]:
@@ -395,32 +587,53 @@ def _stream(proc: subprocess.Popen[str]) -> Iterator[str]:
     yield from proc.stdout
 
 
+def _write_private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def prepare(request: ApplyRequest, root: Path) -> tuple[list[str], Path]:
+    """Write the role's inputs into root (specs 0600, extra vars, per-host inventory): (inventories, vars file)."""
+    os.chmod(root, 0o700)
+    inventories = [str(request.inventory)]
+    default_file = None
+    if request.spec is not None:
+        default_file = _write_private(root / "spec.json", spec_document(request.spec))
+    host_files = {
+        host: _write_private(root / f"spec-{index}.json", spec_document(spec))
+        for index, (host, spec) in enumerate(sorted(request.host_specs.items()))
+    }
+    if host_files:
+        overlay = host_inventory(host_files)
+        if default_file is not None:
+            # Extra vars would override the per-host files: the default is a group variable instead.
+            overlay["all"]["vars"] = {"mailprov_spec_file": str(default_file)}
+            default_file = None
+        inventories.append(str(_write_private(root / "hosts.yml", json.dumps(overlay, indent=1))))
+    variables = extra_vars(default_file, request.append)
+    vars_file = _write_private(root / "extra-vars.json", json.dumps(variables, indent=1))
+    if request.build_dir is not None:
+        for name, spec in [("default", request.spec), *request.host_specs.items()]:
+            if spec is not None:
+                write_build(spec, request.build_dir / name)
+    return inventories, vars_file
+
+
 def run(request: ApplyRequest, on_event: Callable[[dict[str, Any]], None] | None = None) -> ApplyResult:
-    """Render, run the playbook, stream events to `on_event`, and return the recap."""
+    """Run the collection's role over the inventory, stream events to `on_event`, and return the recap."""
     if not request.inventory.exists():
         raise UsageError(f"-i/--inventory: {request.inventory} does not exist")
     if request.spec is None and not request.host_specs:
         raise UsageError("nothing to apply: no spec given")
     executable = ansible_playbook_path()
-    temp = None
-    root = request.build_dir
-    if root is None:
-        temp = tempfile.TemporaryDirectory(prefix="mailprov-apply-")
-        root = Path(temp.name)
     started = time.monotonic()
-    try:
-        default_build = None
-        if request.spec is not None:
-            default_build = write_build(request.spec, root / "default", request.transform)
-        host_builds = {
-            host: write_build(spec, root / f"host-{host}", request.transform)
-            for host, spec in request.host_specs.items()
-        }
-        variables = extra_vars(default_build, host_builds)
-        vars_file = root / "extra-vars.json"
-        vars_file.write_text(json.dumps(variables, indent=1), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="mailprov-apply-") as temp:
+        root = Path(temp)
+        inventories, vars_file = prepare(request, root)
         argv = playbook_command(
-            str(request.inventory),
+            inventories,
             vars_file,
             check=request.check,
             diff=request.diff,
@@ -454,20 +667,15 @@ def run(request: ApplyRequest, on_event: Callable[[dict[str, Any]], None] | None
                 raise
             errors.seek(0)
             stderr = errors.read()
-        result = recap.result
-        result.returncode = proc.returncode
-        result.stderr = stderr
-        result.elapsed = time.monotonic() - started
-        if not result.hosts:
-            if proc.returncode in (0, 4) or "no hosts matched" in " ".join(result.warnings):
-                raise UsageError(
-                    f"no hosts matched in {request.inventory} (--limit {request.limit or 'all'})"
-                )
-            raise ApplyError(f"ansible-playbook failed (exit {proc.returncode}): {_tail(stderr)}")
-        return result
-    finally:
-        if temp is not None:
-            temp.cleanup()
+    result = recap.result
+    result.returncode = proc.returncode
+    result.stderr = stderr
+    result.elapsed = time.monotonic() - started
+    if not result.hosts:
+        if proc.returncode in (0, 4) or "no hosts matched" in " ".join(result.warnings):
+            raise UsageError(f"no hosts matched in {request.inventory} (--limit {request.limit or 'all'})")
+        raise ApplyError(f"ansible-playbook failed (exit {proc.returncode}): {_tail(stderr)}")
+    return result
 
 
 def _tail(text: str, lines: int = 5) -> str:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from provisioner.cli.common import handle_errors
+from provisioner.errors import UsageError
 
 STATUS_STYLE = {
     "ok": "green",
@@ -132,6 +133,9 @@ def apply_cmd(
         inventory=inventory, spec=model, check=check, diff=diff, limit=limit, build_dir=build_dir
     )
     result = apply_mod.run(request, on_event=Progress(progress_console, diff))
+    if result.bad_input:
+        # The role refused its input before touching any host (e.g. mailprov_hostname names no server).
+        raise UsageError(sorted(set(result.bad_input))[0])
     if fmt == RecapFormat.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     else:

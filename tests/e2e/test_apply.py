@@ -224,13 +224,12 @@ def test_adding_a_mailbox_changes_only_what_it_must(world: World) -> None:
 
 
 def test_config_failing_validation_is_refused_and_mail_still_flows(world: World) -> None:
-    def inject(files: dict[str, str]) -> dict[str, str]:
-        files["etc/postfix/main.cf"] += "mailprov_injected_bogus_parameter = yes\n"
-        return files
-
     before = live_state(world, HOST1)
     request = apply_mod.ApplyRequest(
-        inventory=world.lab.inventory_path, spec=world.spec(HOST1), limit=HOST1, transform=inject
+        inventory=world.lab.inventory_path,
+        spec=world.spec(HOST1),
+        limit=HOST1,
+        append={"etc/postfix/main.cf": "mailprov_injected_bogus_parameter = yes\n"},
     )
     result = apply_mod.run(request)
     assert not result.ok

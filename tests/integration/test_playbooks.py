@@ -1,4 +1,5 @@
-"""The playbooks as Ansible sees them (syntax check, ansible-lint) and the tree module on real files.
+"""The collection and playbooks as Ansible sees them (syntax check, ansible-lint, galaxy build/install),
+and the tree module on real files.
 
 The tree module runs here as Ansible runs it on a host (a JSON arguments file), against a scratch
 directory instead of /etc, with the machine's real postmap.
@@ -15,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import PLAYBOOKS_DIR, PROJECT_ROOT
+from provisioner import PROJECT_ROOT
 from provisioner import apply as apply_mod
 
 pytestmark = pytest.mark.integration
 
-TREE_MODULE = PLAYBOOKS_DIR / "roles" / "mailprov" / "library" / "mailprov_tree.py"
+TREE_MODULE = apply_mod.COLLECTION_DIR / "plugins" / "modules" / "tree.py"
 
 
 def test_site_playbook_passes_the_syntax_check() -> None:
@@ -29,14 +30,61 @@ def test_site_playbook_passes_the_syntax_check() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_playbooks_are_ansible_lint_clean() -> None:
+def test_collection_and_playbooks_pass_ansible_lint_production() -> None:
     lint = shutil.which("ansible-lint") or str(Path(sys.executable).parent / "ansible-lint")
     if not Path(lint).exists():
         pytest.skip("ansible-lint is not installed (pip install ansible-lint)")
+    collection = str(apply_mod.COLLECTION_DIR.relative_to(PROJECT_ROOT))
     proc = subprocess.run(
-        [lint, "--offline", "playbooks/"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600
+        [lint, "--offline", "--profile", "production", collection, "playbooks/"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(apply_mod.COLLECTIONS_DIR)},
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
+
+
+def _galaxy() -> str:
+    return str(Path(apply_mod.ansible_playbook_path()).with_name("ansible-galaxy"))
+
+
+def test_collection_builds_and_installs_offline(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [_galaxy(), "collection", "build", str(apply_mod.COLLECTION_DIR), "--output-path", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    tarball = tmp_path / "mailprov-mail-0.1.0.tar.gz"
+    assert tarball.is_file()
+    target = tmp_path / "installed"
+    install = subprocess.run(
+        [_galaxy(), "collection", "install", "--offline", str(tarball), "-p", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # No Galaxy server is reachable: an install that tried one would fail here.
+        env={**os.environ, "ANSIBLE_GALAXY_SERVER": "http://127.0.0.1:9/"},
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    role = target / "ansible_collections/mailprov/mail/roles/server"
+    assert (role / "meta/argument_specs.yml").is_file() and (role / "handlers/main.yml").is_file()
+    assert (role.parents[1] / "plugins/action/render.py").is_file()
+    # The installed collection is what a plain playbook finds by its FQCN.
+    playbook = tmp_path / "site.yml"
+    playbook.write_text("- hosts: all\n  gather_facts: false\n  roles:\n    - role: mailprov.mail.server\n")
+    check = subprocess.run(
+        [apply_mod.ansible_playbook_path(), "--syntax-check", "-i", "localhost,", str(playbook)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(target)},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def _run_module(tmp: Path, args: dict, check: bool = False) -> dict:

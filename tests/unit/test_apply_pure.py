@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 from typer.testing import CliRunner
 
-from provisioner import PLAYBOOKS_DIR, profiles
 from provisioner import apply as apply_mod
+from provisioner import profiles
 from provisioner import render as render_mod
 from provisioner import spec as spec_mod
 from provisioner.cli import app
@@ -22,7 +22,7 @@ from provisioner.errors import UsageError
 from provisioner.passwords import verify_password
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mail.yml"
-LIBRARY = PLAYBOOKS_DIR / "roles" / "mailprov" / "library"
+LIBRARY = apply_mod.COLLECTION_DIR / "plugins" / "modules"
 
 
 def _module(name: str) -> ModuleType:
@@ -112,31 +112,115 @@ def test_write_build_transform_changes_the_plan(model: spec_mod.Spec, tmp_path: 
 
 
 def test_extra_vars() -> None:
-    data = apply_mod.extra_vars(Path("/b/default"), {"mx2": Path("/b/host-mx2")}, run_id="R1")
-    assert data["mailprov_build"] == "/b/default"
-    assert data["mailprov_builds"] == {"mx2": "/b/host-mx2"}
-    assert data["mailprov_run_id"] == "R1"
-    assert data["mailprov_profile_map"]["Debian-12"] == "debian12"
-    assert "mailprov_build" not in apply_mod.extra_vars(None, {"mx1": Path("/x")})
+    data = apply_mod.extra_vars(Path("/b/spec.json"), {"etc/postfix/main.cf": "x = 1\n"}, run_id="R1")
+    assert data == {
+        "mailprov_spec_file": "/b/spec.json",
+        "__mailprov_append": {"etc/postfix/main.cf": "x = 1\n"},
+        "mailprov_run_id": "R1",
+    }
+    assert set(apply_mod.extra_vars()) == {"mailprov_run_id"}
 
 
-# --- command line and environment ---------------------------------------------------------------------------
+def test_host_inventory_gives_hosts_their_own_spec() -> None:
+    overlay = apply_mod.host_inventory({"mx2": Path("/b/spec-0.json")})
+    assert overlay == {"all": {"hosts": {"mx2": {"mailprov_spec_file": "/b/spec-0.json"}}}}
+
+
+def test_prepare_writes_private_inputs_the_role_reads_back(model: spec_mod.Spec, tmp_path: Path) -> None:
+    other = model.model_copy(update={"hostname": "mx2.example.test"})
+    request = apply_mod.ApplyRequest(
+        inventory=Path("inv.ini"), spec=model, host_specs={"mx2": other}, append={"a": "b"}
+    )
+    inventories, vars_file = apply_mod.prepare(request, tmp_path)
+    assert inventories[0] == "inv.ini" and len(inventories) == 2
+    overlay = json.loads(Path(inventories[1]).read_text())
+    default_file = overlay["all"]["vars"]["mailprov_spec_file"]
+    host_file = overlay["all"]["hosts"]["mx2"]["mailprov_spec_file"]
+    # With per-host specs the default is a group variable (an extra var would override the host's own).
+    assert "mailprov_spec_file" not in json.loads(vars_file.read_text())
+    assert spec_mod.load(default_file) == model and spec_mod.load(host_file) == other
+    for path in (default_file, host_file, vars_file):
+        assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+    only = tmp_path / "only"
+    only.mkdir()
+    inventories, vars_file = apply_mod.prepare(apply_mod.ApplyRequest(Path("i"), spec=model), only)
+    assert inventories == ["i"]
+    assert spec_mod.load(json.loads(vars_file.read_text())["mailprov_spec_file"]) == model
+
+
+def test_role_input_renders_every_profile_for_the_server(model: spec_mod.Spec) -> None:
+    data = apply_mod.role_input(model)
+    assert data["hostname"] == model.hostname and data["servers"][0] == model.hostname
+    assert set(data["plans"]) == set(profiles.PROFILES)
+    for name, plan in data["plans"].items():
+        files = render_mod.render(model, profiles.get(name))
+        assert plan["digest"] == render_mod.tree_digest(files)
+    appended = apply_mod.role_input(model, append={"etc/postfix/main.cf": "bogus = 1\n"})
+    main_cf = next(e for e in appended["plans"]["debian12"]["files"] if e["path"] == "/etc/postfix/main.cf")
+    assert main_cf["content"].endswith("bogus = 1\n")
+
+
+def test_role_input_refuses_a_host_that_is_no_server_of_the_spec(model: spec_mod.Spec) -> None:
+    assert apply_mod.role_input(model, model.hostname.upper() + ".")["hostname"] == model.hostname
+    with pytest.raises(UsageError, match=r"^mailprov_hostname: other\.example\.test is neither"):
+        apply_mod.role_input(model, "other.example.test")
+
+
+def test_load_role_spec_names_the_variable_and_the_field(tmp_path: Path) -> None:
+    data = _data()
+    assert apply_mod.load_role_spec(data).hostname == data["hostname"]
+    with pytest.raises(UsageError, match="exactly one"):
+        apply_mod.load_role_spec()
+    with pytest.raises(UsageError, match="got both"):
+        apply_mod.load_role_spec(data, "mail.yml")
+    bad = {**data, "domains": [{"name": "not a domain"}]}
+    with pytest.raises(UsageError, match=r"^mailprov_spec: domains\[0\]\.name: "):
+        apply_mod.load_role_spec(bad)
+    (tmp_path / "mail.yml").write_text("hostname: mail.example.test\nbogus: 1\n")
+    with pytest.raises(
+        UsageError, match=r"^mailprov_spec_file \(.*mail\.yml\): bogus \(line 2\): unknown key"
+    ):
+        apply_mod.load_role_spec(spec_file="mail.yml", base_dir=tmp_path)
+
+
+def test_role_os_vars_are_generated_from_the_profiles() -> None:
+    """vars/FAMILY-MAJOR.yml match profiles.py; after a profile change: apply.write_role_os_vars()."""
+    from ruamel.yaml import YAML
+
+    generated = apply_mod.role_os_vars()
+    assert set(generated) == {f"{key}.yml" for key in apply_mod.profile_map()}
+    for name, text in generated.items():
+        on_disk = apply_mod.ROLE_DIR / "vars" / name
+        assert on_disk.read_text() == text, f"{on_disk} is stale: run provisioner.apply.write_role_os_vars()"
+        data = YAML(typ="safe").load(text)
+        profile = profiles.get(data["__mailprov_profile"])
+        assert data["__mailprov_os"]["packages"] == list(profile.packages)
 
 
 def test_playbook_command() -> None:
     argv = apply_mod.playbook_command("inv.ini", Path("/b/vars.json"))
     assert argv == ["ansible-playbook", "-i", "inv.ini", "-e", "@/b/vars.json", str(apply_mod.PLAYBOOK)]
     argv = apply_mod.playbook_command(
-        "inv.ini", Path("/v.json"), check=True, diff=True, limit="mx1,mx2", tags="config", executable="/x/ap"
+        ["inv.ini", "/b/hosts.yml"],
+        Path("/v.json"),
+        check=True,
+        diff=True,
+        limit="mx1,mx2",
+        tags="config",
+        executable="/x/ap",
     )
-    assert argv[0] == "/x/ap"
-    assert argv[5:11] == ["--check", "--diff", "--limit", "mx1,mx2", "--tags", "config"]
+    assert argv[:5] == ["/x/ap", "-i", "inv.ini", "-i", "/b/hosts.yml"]
+    assert argv[7:13] == ["--check", "--diff", "--limit", "mx1,mx2", "--tags", "config"]
 
 
-def test_ansible_env_uses_our_config_and_callback() -> None:
-    env = apply_mod.ansible_env({"PATH": "/usr/bin", "ANSIBLE_STDOUT_CALLBACK": "yaml"})
+def test_ansible_env_uses_our_config_collection_and_callback() -> None:
+    env = apply_mod.ansible_env(
+        {"PATH": "/usr/bin", "ANSIBLE_STDOUT_CALLBACK": "yaml", "ANSIBLE_COLLECTIONS_PATH": "/opt/c"}
+    )
     assert env["PATH"] == "/usr/bin"
     assert env["ANSIBLE_STDOUT_CALLBACK"] == "mailprov_events"
+    assert env["ANSIBLE_COLLECTIONS_PATH"] == f"{apply_mod.COLLECTIONS_DIR}:/opt/c"
+    assert (apply_mod.COLLECTIONS_DIR / "ansible_collections/mailprov/mail/galaxy.yml").is_file()
     assert Path(env["ANSIBLE_CONFIG"]).is_file()
     assert (Path(env["ANSIBLE_CALLBACK_PLUGINS"]) / "mailprov_events.py").is_file()
     cfg = Path(env["ANSIBLE_CONFIG"]).read_text()
@@ -218,7 +302,7 @@ def test_run_refuses_a_missing_inventory(model: spec_mod.Spec, tmp_path: Path) -
 
 
 def test_tree_module_decides_reload_or_restart() -> None:
-    tree = _module("mailprov_tree")
+    tree = _module("tree")
     main_old = "inet_interfaces = all\nmyhostname = a\n"
     assert tree.postfix_action({}) == "none"
     assert tree.postfix_action({"/etc/postfix/vmailbox": ("a", "b")}) == "none"
@@ -250,18 +334,39 @@ def test_tree_module_decides_reload_or_restart() -> None:
 
 
 def test_tree_module_parsers() -> None:
-    tree = _module("mailprov_tree")
+    tree = _module("tree")
     assert tree.parse_main_cf("# c\na = 1\nb = x,\n  y\n") == {"a": "1", "b": "x, y"}
     assert tree.parse_dovecot_top("protocols = imap\nplugin {\n  quota = x\n}\n") == {"protocols": "imap"}
     assert tree.map_file("/etc/postfix/vmailbox", "lmdb") == "/etc/postfix/vmailbox.lmdb"
     assert tree.map_file("/etc/postfix/vmailbox", "hash") == "/etc/postfix/vmailbox.db"
 
 
-def test_firewalld_module_plan() -> None:
-    fw = _module("mailprov_firewalld")
-    add, remove = fw.plan(["ssh", "smtp", "pop3"], ["smtp", "imaps"], ["smtp", "imaps", "pop3", "pop3s"])
-    assert (add, remove) == (["imaps"], ["pop3"])
-    assert fw.plan(["ssh"], [], ["smtp"]) == ([], [])
+def test_host_state_lists_only_the_firewall_changes_needed() -> None:
+    state = _module("host_state")
+    wanted, managed = ["smtp", "imaps"], ["smtp", "imaps", "pop3", "pop3s"]
+    assert state.firewall_todo(["ssh", "smtp", "imaps"], ["ssh", "smtp", "imaps"], wanted, managed) == []
+    todo = state.firewall_todo(["ssh", "smtp", "pop3"], ["smtp", "imaps"], wanted, managed)
+    assert todo == [{"service": "imaps", "state": "enabled"}, {"service": "pop3", "state": "disabled"}]
+    # A stopped firewalld (None at runtime): only the permanent configuration counts.
+    assert state.firewall_todo(None, ["smtp", "imaps"], wanted, managed) == []
+    assert state.firewall_todo(None, ["ssh"], [], ["smtp"]) == []
+
+
+def test_recap_tells_bad_input_from_host_failures() -> None:
+    recap = apply_mod.Recap()
+    recap.feed(
+        {
+            "event": "result",
+            "host": "mx1",
+            "task": "mailprov.mail.server : Spec | validate the spec",
+            "status": "failed",
+            "msg": "mailprov_hostname: x is neither",
+        }
+    )
+    recap.feed({"event": "result", "host": "mx2", "task": "Config | probe", "status": "failed", "msg": "p"})
+    assert recap.result.bad_input == ["mailprov_hostname: x is neither"]
+    assert apply_mod.is_input_task("mailprov.mail.server : Validating arguments against arg spec 'main'")
+    assert not apply_mod.is_input_task("mailprov.mail.server : Config | probe")
 
 
 def test_rendered_tree_and_plan_agree_for_real_profiles(model: spec_mod.Spec) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Ansible module: read, in one round trip, which parts of a mail host already match the plan."""
+"""Ansible module mailprov.mail.host_state: read, in one round trip, which parts of a mail host match the plan."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 ---
-module: mailprov_state
+module: host_state
 short_description: Report which parts of a mail host already match the mailprov plan (read-only)
 description:
   - Lets the play skip the tasks whose work is already done, so that a re-apply on an unchanged host costs
@@ -77,7 +77,34 @@ options:
     description: OpenDKIM's systemd unit, reported whether or not the spec signs ('' to skip).
     type: str
     default: ""
+  firewalld_services:
+    description: firewalld services the spec serves (opened).
+    type: list
+    elements: str
+    default: []
+  firewalld_managed:
+    description: All mail services the role manages; those not served are to be closed.
+    type: list
+    elements: str
+    default: []
+  firewalld_zone:
+    description: Zone to read; the default zone when empty.
+    type: str
+    default: ""
+  firewalld_offline:
+    description: A stopped firewalld is still configured (permanent configuration, EL).
+    type: bool
+    default: false
 author: mailprov
+"""
+
+RETURN = r"""
+firewall:
+  description: >-
+    firewalld's state (running, stopped, absent), the zone, the runtime and permanent services, and C(todo):
+    the services whose state must change, as dicts with service and state (enabled or disabled).
+  type: dict
+  returned: always
 """
 
 
@@ -167,6 +194,78 @@ def unit_state(module: AnsibleModule, unit: str) -> dict[str, str]:
     return {"active": active.strip() or "unknown", "enabled": enabled.strip() or "unknown"}
 
 
+def firewall_todo(
+    runtime: list[str] | None, permanent: list[str], wanted: list[str], managed: list[str]
+) -> list[dict[str, str]]:
+    """The services to enable or disable so that runtime (None: not running) and permanent match the plan."""
+    views = [permanent] if runtime is None else [runtime, permanent]
+    todo = []
+    for service in dict.fromkeys([*wanted, *managed]):
+        want = service in wanted
+        if any((service in view) != want for view in views):
+            todo.append({"service": service, "state": "enabled" if want else "disabled"})
+    return todo
+
+
+def _dbus_services(zone: str) -> tuple[str, list[str], list[str]] | None:
+    """(zone, runtime, permanent) through firewalld's own client when it runs (no firewall-cmd start-up)."""
+    try:
+        from firewall.client import FirewallClient  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        client = FirewallClient()
+        if not client.connected:
+            return None
+        zone = zone or client.getDefaultZone()
+        runtime = list(client.getServices(zone))
+        permanent = list(client.config().getZoneByName(zone).getSettings().getServices())
+    except Exception:  # any D-Bus failure means: ask firewall-cmd instead
+        return None
+    return zone, runtime, permanent
+
+
+def firewall_state(module: AnsibleModule) -> dict:
+    """firewalld's state, zone and services, and the changes the plan needs (none when absent)."""
+    p = module.params
+    wanted, managed = p["firewalld_services"], p["firewalld_managed"]
+    cmd = module.get_bin_path("firewall-cmd")
+    if cmd is None:
+        return {"state": "absent", "todo": [], "reason": "firewalld is not installed on this host"}
+    found = _dbus_services(p["firewalld_zone"])
+    if found is not None:
+        zone, runtime, permanent = found
+        todo = firewall_todo(runtime, permanent, wanted, managed)
+        return {"state": "running", "zone": zone, "runtime": runtime, "permanent": permanent, "todo": todo}
+    rc, out, _ = module.run_command([cmd, "--state"])
+    running = rc == 0 and out.strip() == "running"
+    offline_cmd = module.get_bin_path("firewall-offline-cmd")
+    if not running and not (p["firewalld_offline"] and offline_cmd):
+        return {"state": "stopped", "todo": [], "reason": "firewalld is installed but not running"}
+    base = [cmd] if running else [offline_cmd]
+    zone = p["firewalld_zone"]
+    if not zone:
+        rc, out, err = module.run_command([*base, "--get-default-zone"])
+        if rc != 0:
+            module.fail_json(msg=f"firewall-cmd --get-default-zone: {(err or out).strip()}")
+        zone = out.strip()
+    # firewall-offline-cmd only knows the permanent configuration (and takes no --permanent).
+    permanent_args = [*base, "--permanent"] if running else base
+    rc, out, err = module.run_command([*permanent_args, f"--zone={zone}", "--list-services"])
+    if rc != 0:
+        module.fail_json(msg=f"firewall-cmd --list-services: {(err or out).strip()}")
+    permanent = out.split()
+    runtime = None
+    if running:
+        rc, out, err = module.run_command([cmd, f"--zone={zone}", "--list-services"])
+        if rc != 0:
+            module.fail_json(msg=f"firewall-cmd --list-services: {(err or out).strip()}")
+        runtime = out.split()
+    todo = firewall_todo(runtime, permanent, wanted, managed)
+    state = "running" if running else "stopped"
+    return {"state": state, "zone": zone, "runtime": runtime or [], "permanent": permanent, "todo": todo}
+
+
 def main() -> None:
     """Module entry point."""
     module = AnsibleModule(
@@ -185,6 +284,10 @@ def main() -> None:
             "dkim_key_sha256": {"type": "str", "default": ""},
             "dkim_user": {"type": "str", "default": "opendkim"},
             "dkim_service": {"type": "str", "default": ""},
+            "firewalld_services": {"type": "list", "elements": "str", "default": []},
+            "firewalld_managed": {"type": "list", "elements": "str", "default": []},
+            "firewalld_zone": {"type": "str", "default": ""},
+            "firewalld_offline": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -201,6 +304,7 @@ def main() -> None:
         aliases_ok=os.path.exists(p["aliases_db"]),
         dkim_key_ok=dkim_key_ok(p["dkim_key"] or "", p["dkim_key_sha256"], p["dkim_user"]),
         dkim_service=unit_state(module, p["dkim_service"]),
+        firewall=firewall_state(module),
     )
 
 

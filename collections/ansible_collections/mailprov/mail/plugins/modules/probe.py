@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Ansible module: probe a freshly (re)configured mail host: ports answer, Postfix and Dovecot healthy."""
+"""Ansible module mailprov.mail.probe: check a freshly (re)configured mail host: ports answer, daemons healthy."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 ---
-module: mailprov_probe
+module: probe
 short_description: Check that the mail services answer after a configuration change
 description:
   - Waits until every given port answers like the service it should carry (an SMTP, IMAP or POP3 greeting,

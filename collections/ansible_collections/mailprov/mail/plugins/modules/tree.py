@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Ansible module: stage, activate and restore mailprov's rendered configuration tree on a mail host."""
+"""Ansible module mailprov.mail.tree: stage, activate and restore the rendered configuration tree on a mail host."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 ---
-module: mailprov_tree
+module: tree
 short_description: Stage, activate and restore the configuration files rendered by mailprov
 description:
   - C(state=staged) compares the rendered files (and the lookup tables built from them) with the live ones.
@@ -241,7 +241,10 @@ def _map_stale(source: str, map_type: str) -> bool:
 def _postmap(module: AnsibleModule, map_type: str, sources: list[str]) -> None:
     if not sources:
         return
-    argv = ["postmap"] + [f"{map_type}:{src}" for src in sources]
+    # The tables sit beside main.cf: read that configuration (the machine's default one may not exist).
+    config_dir = os.path.dirname(sources[0])
+    config = ["-c", config_dir] if os.path.exists(os.path.join(config_dir, "main.cf")) else []
+    argv = ["postmap", *config] + [f"{map_type}:{src}" for src in sources]
     rc, out, err = module.run_command(argv)
     if rc != 0:
         module.fail_json(msg=f"postmap failed: {(err or out).strip()}", rc=rc)
