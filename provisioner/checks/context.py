@@ -2,13 +2,18 @@
 
 `Context` memoises its lookups and probes per key behind a lock, so when twenty checks ask for the
 certificate on port 465 at once, one TLS handshake happens and the others wait for its result (or its
-exception). All socket and DNS operations use `io_timeout`, a little below the per-check timeout, so a
-silent port or a dead resolver produces a clear reason before the runner's own deadline.
+exception), never longer than their own deadline. Every socket is made through `bounded` (one deadline
+per check for the whole exchange, capped replies); DNS lookups get the time the check has left. The
+SMTP, IMAP and POP3 clients are the standard library's, with their sockets and reply reading bounded and
+SMTP replies parsed strictly (three digits 2xx-5xx, consistent multi-line replies, nothing out of turn).
 """
 
 from __future__ import annotations
 
+import contextlib
+import imaplib
 import ipaddress
+import poplib
 import secrets
 import smtplib
 import socket
@@ -26,8 +31,20 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
+from provisioner.checks import bounded
 from provisioner.checks.base import Skip
-from provisioner.checks.parsers import LookupFailed, banner_name, parse_ehlo, parse_mx, text_of
+from provisioner.checks.bounded import ProtocolError, ReplyTooLarge
+from provisioner.checks.parsers import (
+    LookupFailed,
+    ReplyError,
+    banner_name,
+    parse_ehlo,
+    parse_mx,
+    parse_reply_line,
+    shown_bytes,
+    text_of,
+    unsafe_address,
+)
 from provisioner.spec import Spec
 
 T = TypeVar("T")
@@ -55,6 +72,12 @@ class Options:
     password: str | None = None
     host: Any = None  # a testinfra host (SSH or local), or None
     timeout: float = 10.0
+    #: Connect to loopback/unspecified/link-local/multicast addresses (testing a server on this machine).
+    allow_loopback: bool = False
+
+
+class UnsafeAddress(LookupFailed):
+    """The target resolves to an address verify does not probe without --allow-loopback."""
 
 
 class _Cell:
@@ -85,6 +108,8 @@ class SmtpProbe:
     address: str = ""
     tcp: bool = False
     error: str | None = None
+    #: The address was refused before connecting (loopback etc. without --allow-loopback).
+    unsafe: bool = False
     banner_code: int = 0
     banner: str = ""
     ehlo_code: int = 0
@@ -111,6 +136,8 @@ class MailboxProbe:
 
 def describe(exc: BaseException) -> str:
     """A one-line reason for a network exception."""
+    if isinstance(exc, ReplyTooLarge | ProtocolError | LookupFailed):
+        return str(exc)
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.timeout | TimeoutError):
@@ -124,6 +151,8 @@ def describe(exc: BaseException) -> str:
         return "timed out" if "timed out" in str(exc) else "server closed the connection"
     if isinstance(exc, smtplib.SMTPResponseException):
         return f"{exc.smtp_code} {text_of(exc.smtp_error)}"
+    if isinstance(exc, imaplib.IMAP4.error | poplib.error_proto):
+        return f"protocol error: {exc}"
     if isinstance(exc, socket.gaierror):
         return f"name resolution failed: {exc.strerror}"
     if isinstance(exc, OSError) and exc.strerror:
@@ -153,7 +182,7 @@ def client_context(
         if version < ssl.TLSVersion.TLSv1_2:
             # OpenSSL 3 refuses TLS 1.0/1.1 at the default security level; probing needs level 0.
             ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
+    return bounded.bound_context(ctx)
 
 
 _verifying: dict[tuple[str, int, int], ssl.SSLContext] = {}
@@ -180,19 +209,186 @@ def verifying_context(cafile: Path | None = None) -> ssl.SSLContext:
         return _verifying[key]
 
 
+def read_smtp_reply(file: Any) -> tuple[int, list[bytes]]:
+    """Read one SMTP reply through a bounded reader: (code, text lines); strict and capped.
+
+    Raises ProtocolError (malformed or inconsistent lines), ReplyTooLarge (over MAX_REPLY_LINES lines or
+    MAX_REPLY_BYTES bytes), smtplib.SMTPServerDisconnected (end of stream) or the reader's TimeoutError.
+    """
+    code: int | None = None
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        line = file.readline(bounded.MAX_LINE + 1)
+        if not line:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        if len(line) > bounded.MAX_LINE and not line.endswith(b"\n"):
+            raise ReplyTooLarge(f"reply line over {bounded.MAX_LINE} bytes")
+        size += len(line)
+        if size > bounded.MAX_REPLY_BYTES:
+            raise ReplyTooLarge(f"reply over {bounded.MAX_REPLY_BYTES} bytes")
+        try:
+            code, more, text = parse_reply_line(line, code)
+        except ReplyError as exc:
+            raise ProtocolError(f"protocol error: {exc}") from None
+        lines.append(text)
+        if not more:
+            return code, lines
+        if len(lines) >= bounded.MAX_REPLY_LINES:
+            raise ReplyTooLarge(f"reply over {bounded.MAX_REPLY_LINES} lines")
+
+
 class _SMTP(smtplib.SMTP):
-    """smtplib.SMTP that records whether the TCP connection itself succeeded."""
+    """smtplib.SMTP on a bounded socket, with strict reply parsing and out-of-turn data detection.
+
+    It records whether the TCP connection itself succeeded (a closed port and a silent one differ).
+    """
 
     tcp_connected = False
     implicit_context: ssl.SSLContext | None = None
     sni: str | None = None
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock = socket.create_connection((host, port), timeout)
+        sock: socket.socket = bounded.connect(host, port, timeout)
         self.tcp_connected = True
         if self.implicit_context is not None:
             sock = self.implicit_context.wrap_socket(sock, server_hostname=self.sni)
         return sock
+
+    def getreply(self) -> tuple[int, bytes]:
+        """One strict, capped reply; any protocol or size error closes the connection."""
+        if self.file is None:
+            if self.sock is None:
+                raise smtplib.SMTPServerDisconnected("not connected")
+            self.file = self.sock.makefile("rb")
+        try:
+            code, lines = read_smtp_reply(self.file)
+        except BaseException:
+            self.close()
+            raise
+        return code, b"\n".join(lines)
+
+    def out_of_turn(self) -> None:
+        """Raise ProtocolError when the server sent data we did not ask for (a desynchronised dialogue)."""
+        pending = getattr(self.file, "pending", None)
+        extra = pending() if pending is not None else b""
+        if extra:
+            self.close()
+            raise ProtocolError(
+                f"protocol error: the server sent data out of turn ({shown_bytes(extra)!r}): replies would shift"
+            )
+
+    def send(self, s: Any) -> None:
+        """Send a command, after checking that the server has not sent anything unasked."""
+        if self.sock is not None:
+            self.out_of_turn()
+        if self.sock is not None:
+            self.sock.settimeout(bounded.time_left(self.timeout))
+        super().send(s)
+
+    def starttls(self, *args: Any, context: ssl.SSLContext | None = None, **kwargs: Any) -> tuple[int, bytes]:  # type: ignore[override]
+        """STARTTLS (must be advertised), with no plaintext data left over before the handshake."""
+        self.ehlo_or_helo_if_needed()
+        if not self.has_extn("starttls"):
+            raise smtplib.SMTPNotSupportedError("STARTTLS extension not supported by server.")
+        code, reply = self.docmd("STARTTLS")
+        if code != 220:
+            raise smtplib.SMTPResponseException(code, reply)
+        self.upgrade(context or client_context())
+        return code, reply
+
+    def upgrade(self, context: ssl.SSLContext) -> None:
+        """TLS handshake after a 220 to STARTTLS; forget what was learned before (RFC 3207)."""
+        self.out_of_turn()
+        assert self.sock is not None
+        self.sock = context.wrap_socket(self.sock, server_hostname=self.sni or None)
+        self.file = None
+        self.helo_resp = self.ehlo_resp = None
+        self.esmtp_features = {}
+        self.does_esmtp = False
+
+    def quit_quietly(self) -> None:
+        """Send QUIT and close without waiting for the reply (a hostile server could delay it)."""
+        try:
+            if self.sock is not None:
+                self.sock.settimeout(1.0)
+                self.sock.sendall(b"QUIT\r\n")
+        except OSError:
+            pass
+        self.close()
+
+
+class _CappedPOP3Mixin:
+    """poplib's multi-line reading, capped in lines and bytes."""
+
+    def _getlongresp(self) -> tuple[bytes, list[bytes], int]:
+        resp = self._getresp()  # type: ignore[attr-defined]
+        lines: list[bytes] = []
+        octets = 0
+        while True:
+            line, size = self._getline()  # type: ignore[attr-defined]
+            if line == b".":
+                return resp, lines, octets
+            if line.startswith(b".."):
+                size -= 1
+                line = line[1:]
+            octets += size
+            lines.append(line)
+            if len(lines) > bounded.MAX_REPLY_LINES:
+                raise ReplyTooLarge(f"multi-line reply over {bounded.MAX_REPLY_LINES} lines")
+            if octets > bounded.MAX_REPLY_BYTES:
+                raise ReplyTooLarge(f"multi-line reply over {bounded.MAX_REPLY_BYTES} bytes")
+
+
+class POP3(_CappedPOP3Mixin, poplib.POP3):
+    """poplib.POP3 on a bounded socket."""
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        return bounded.connect(self.host, self.port, timeout)
+
+
+class POP3_SSL(_CappedPOP3Mixin, poplib.POP3_SSL):
+    """poplib.POP3_SSL on a bounded socket (the context should come from client_context)."""
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = bounded.connect(self.host, self.port, timeout)
+        return self.context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined,no-any-return]
+
+
+def close_imap(imap: imaplib.IMAP4) -> None:
+    """Send LOGOUT and close without waiting for the server's goodbye."""
+    try:
+        imap.sock.settimeout(1.0)
+        imap.send(b"mpv0 LOGOUT\r\n")
+    except (OSError, AttributeError):
+        pass
+    with contextlib.suppress(OSError):
+        imap.shutdown()
+
+
+def close_pop3(pop: poplib.POP3) -> None:
+    """Send QUIT and close without waiting for the reply."""
+    try:
+        pop.sock.settimeout(1.0)
+        pop.sock.sendall(b"QUIT\r\n")
+    except (OSError, AttributeError):
+        pass
+    pop.close()
+
+
+class IMAP4(imaplib.IMAP4):
+    """imaplib.IMAP4 on a bounded socket (lines, literals and the connection's bytes capped)."""
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        return bounded.connect(self.host, self.port, timeout)
+
+
+class IMAP4_SSL(imaplib.IMAP4_SSL):
+    """imaplib.IMAP4_SSL on a bounded socket."""
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock = bounded.connect(self.host, self.port, timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[no-any-return]
 
 
 def tls_info(sock: ssl.SSLSocket, port: int) -> TlsInfo:
@@ -228,13 +424,19 @@ class Context:
         """Compute fn() once per key (thread-safe); later callers get the value or the same exception."""
         with self._cells_lock:
             cell = self._cells.setdefault(key, _Cell())
-        with cell.lock:
+        # Another check may be computing this cell: wait no longer than this check's own deadline.
+        scope = bounded.current()
+        if not cell.lock.acquire(timeout=scope.hard_remaining() if scope is not None else -1):
+            raise TimeoutError("timed out")
+        try:
             if not cell.done:
                 try:
                     cell.value = fn()
                 except BaseException as exc:
                     cell.error = exc
                 cell.done = True
+        finally:
+            cell.lock.release()
         if cell.error is not None:
             raise cell.error
         return cell.value  # type: ignore[no-any-return]
@@ -304,9 +506,14 @@ class Context:
 
     def _lookup(self, name: str, rdtype: str) -> list[str] | None:
         try:
+            lifetime = bounded.time_left(self.io_timeout)
             answer = self.resolver.resolve(
-                dns.name.from_text(name), rdtype, search=False, raise_on_no_answer=False
+                dns.name.from_text(name), rdtype, search=False, raise_on_no_answer=False, lifetime=lifetime
             )
+        except TimeoutError:
+            raise LookupFailed(
+                f"{self.resolver_name} did not answer for {name} {rdtype} in the time left"
+            ) from None
         except dns.resolver.NXDOMAIN:
             return None
         except dns.resolver.LifetimeTimeout:
@@ -320,7 +527,7 @@ class Context:
         if answer.rrset is None:
             return None
         out = []
-        for rr in answer.rrset:
+        for rr in list(answer.rrset)[:100]:
             if rr.rdtype == dns.rdatatype.TXT:
                 out.append(b"".join(rr.strings).decode("utf-8", "replace"))
             else:
@@ -350,13 +557,32 @@ class Context:
 
         def resolve() -> str:
             if self.target_is_ip:
-                return str(ipaddress.ip_address(self.options.target))
-            found = self.addresses_of(self.options.target)
+                found = [str(ipaddress.ip_address(self.options.target))]
+            else:
+                found = self.addresses_of(self.options.target)
             if not found:
                 raise LookupFailed(f"{self.options.target} has no A or AAAA record ({self.resolver_name})")
-            return found[0]
+            if self.options.allow_loopback:
+                return found[0]
+            for address in found:
+                if unsafe_address(address) is None:
+                    return address
+            raise UnsafeAddress(self.unsafe_reason(found[0]) or "")
 
         return self.memo("address", resolve)
+
+    def unsafe_reason(self, address: str, name: str | None = None) -> str | None:
+        """Why verify will not connect to address (None when it may, or with --allow-loopback)."""
+        kind = unsafe_address(address)
+        if kind is None or self.options.allow_loopback:
+            return None
+        shown = f"{name} resolves to {address}" if name else address
+        if name is None and not self.target_is_ip:
+            shown = f"{self.options.target} resolves to {address}"
+        return (
+            f"{shown}, {kind}: verify does not probe this machine or a non-host "
+            "(pass --allow-loopback to test a server on this machine)"
+        )
 
     def target_addresses(self) -> list[str]:
         """All addresses of TARGET."""
@@ -444,6 +670,7 @@ class Context:
             probe.address = self.address()
         except LookupFailed as exc:
             probe.error = str(exc)
+            probe.unsafe = isinstance(exc, UnsafeAddress)
             return probe
         verify_error: str | None = None
         for verify in (True, False):
@@ -455,7 +682,7 @@ class Context:
                 continue
             except (OSError, smtplib.SMTPException, EOFError) as exc:
                 reason = describe(exc)
-                if probe.caps and port != 465:
+                if port != 465 and probe.caps and probe.ehlo_code == 250:
                     probe.starttls_error = reason
                 else:
                     probe.error = reason
@@ -493,19 +720,13 @@ class Context:
                 if code != 220:
                     probe.starttls_error = f"STARTTLS refused: {code} {text_of(msg)}"
                     return
-                client.sock = context.wrap_socket(client.sock, server_hostname=client.sni)  # type: ignore[arg-type]
-                client.file = None
+                client.upgrade(context)
+                assert isinstance(client.sock, ssl.SSLSocket)
                 probe.tls = tls_info(client.sock, port)
-                client.helo_resp = client.ehlo_resp = None
-                client.esmtp_features = {}
-                client.does_esmtp = False
                 code, msg = client.ehlo()
                 probe.caps_tls = parse_ehlo(msg) if code == 250 else {}
         finally:
-            try:
-                client.quit()
-            except (OSError, smtplib.SMTPException):
-                client.close()
+            client.quit_quietly()
 
     def smtp_client(self, port: int) -> _SMTP:
         """A fresh SMTP client on port after EHLO (TLS-wrapped on 465; the caller does STARTTLS)."""
@@ -513,8 +734,10 @@ class Context:
         client.sni = self.sni()
         if port == 465:
             client.implicit_context = client_context()
-        client.connect(self.address(), port)
-        client._host = client.sni or self.address()  # type: ignore[attr-defined]  # starttls() SNI
+        code, msg = client.connect(self.address(), port)
+        if code != 220:
+            client.quit_quietly()
+            raise smtplib.SMTPConnectError(code, msg)
         local = client.sock.getsockname()[0] if client.sock else "127.0.0.1"
         client.local_hostname = f"[IPv6:{local}]" if ":" in local else f"[{local}]"
         client.ehlo()
@@ -528,8 +751,10 @@ class Context:
             if cell is not None and cell.done and cell.error is None:
                 return bool(cell.value.tcp)
             try:
-                with socket.create_connection((self.address(), port), self.io_timeout):
+                with bounded.connect(self.address(), port, self.io_timeout):
                     return True
+            except UnsafeAddress:
+                raise
             except (OSError, LookupFailed):
                 return False
 
@@ -542,6 +767,8 @@ class Context:
             raise Skip(f"port {port} is switched off in the spec")
         if port in SMTP_PORTS:
             probe = self.smtp(port)
+            if probe.unsafe:
+                raise UnsafeAddress(probe.error or "")
             if expected is None and not probe.tcp:
                 raise Skip(f"port {port} is closed and no spec says it should be open")
 
@@ -564,9 +791,6 @@ class Context:
         return self.memo(("mailbox", port), lambda: self._mailbox_probe(port))
 
     def _mailbox_probe(self, port: int) -> MailboxProbe:
-        import imaplib
-        import poplib
-
         address = self.address()
         verify_error: str | None = None
         for verify in (True, False):
@@ -575,9 +799,9 @@ class Context:
             try:
                 if port in IMAP_PORTS:
                     imap = (
-                        imaplib.IMAP4_SSL(address, port, ssl_context=context, timeout=self.io_timeout)
+                        IMAP4_SSL(address, port, ssl_context=context, timeout=self.io_timeout)
                         if port == 993
-                        else imaplib.IMAP4(address, port, timeout=self.io_timeout)
+                        else IMAP4(address, port, timeout=self.io_timeout)
                     )
                     try:
                         probe.greeting = text_of(imap.welcome)
@@ -585,15 +809,12 @@ class Context:
                         if isinstance(imap.sock, ssl.SSLSocket):
                             probe.tls = tls_info(imap.sock, port)
                     finally:
-                        try:
-                            imap.logout()
-                        except (OSError, imaplib.IMAP4.error):
-                            imap.shutdown()
+                        close_imap(imap)
                 else:
                     pop = (
-                        poplib.POP3_SSL(address, port, context=context, timeout=self.io_timeout)
+                        POP3_SSL(address, port, context=context, timeout=self.io_timeout)
                         if port == 995
-                        else poplib.POP3(address, port, timeout=self.io_timeout)
+                        else POP3(address, port, timeout=self.io_timeout)
                     )
                     try:
                         probe.greeting = text_of(pop.getwelcome())
@@ -604,10 +825,7 @@ class Context:
                         if isinstance(pop.sock, ssl.SSLSocket):
                             probe.tls = tls_info(pop.sock, port)
                     finally:
-                        try:
-                            pop.quit()
-                        except (OSError, poplib.error_proto):
-                            pop.close()
+                        close_pop3(pop)
             except ssl.SSLCertVerificationError as exc:
                 verify_error = exc.verify_message or str(exc)
                 continue
@@ -621,6 +839,7 @@ class Context:
         address = self.address()
         if port in STARTTLS_PORTS:
             client = _SMTP(timeout=self.io_timeout)
+            client.sni = self.sni()
             try:
                 client.connect(address, port)
                 client.local_hostname = "[{}]".format(client.sock.getsockname()[0] if client.sock else "x")
@@ -628,13 +847,13 @@ class Context:
                 code, msg = client.docmd("STARTTLS")
                 if code != 220:
                     raise ConnectionError(f"STARTTLS refused: {code} {text_of(msg)}")
-                sock = context.wrap_socket(client.sock, server_hostname=self.sni())  # type: ignore[arg-type]
-                client.sock = sock
-                return tls_info(sock, port)
+                client.upgrade(context)
+                assert isinstance(client.sock, ssl.SSLSocket)
+                return tls_info(client.sock, port)
             finally:
                 client.close()
         with (
-            socket.create_connection((address, port), self.io_timeout) as raw,
+            bounded.connect(address, port, self.io_timeout) as raw,
             context.wrap_socket(raw, server_hostname=self.sni()) as sock,
         ):
             return tls_info(sock, port)

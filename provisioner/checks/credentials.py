@@ -18,9 +18,20 @@ import imaplib
 import poplib
 import smtplib
 import ssl
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from provisioner.checks.context import Context, client_context, describe
+from provisioner.checks import bounded
+from provisioner.checks.context import (
+    IMAP4,
+    IMAP4_SSL,
+    POP3,
+    POP3_SSL,
+    Context,
+    client_context,
+    close_imap,
+    close_pop3,
+    describe,
+)
 from provisioner.checks.parsers import text_of
 
 WRONG_PASSWORD = "mailprov-verify-wrong-password"
@@ -85,10 +96,7 @@ class _SmtpLogin(Login):
         return code == 235, f"{code} {text_of(msg)}"
 
     def close(self) -> None:
-        try:
-            self.client.quit()
-        except (OSError, smtplib.SMTPException):
-            self.client.close()
+        self.client.quit_quietly()
 
 
 def imap_connect(ctx: Context) -> tuple[imaplib.IMAP4, str]:
@@ -96,12 +104,10 @@ def imap_connect(ctx: Context) -> tuple[imaplib.IMAP4, str]:
     address = ctx.address()
     if ctx.port_expected(993) is not False:
         try:
-            return imaplib.IMAP4_SSL(
-                address, 993, ssl_context=client_context(), timeout=ctx.io_timeout
-            ), "993"
+            return IMAP4_SSL(address, 993, ssl_context=client_context(), timeout=ctx.io_timeout), "993"
         except ConnectionRefusedError:
             pass
-    imap = imaplib.IMAP4(address, 143, timeout=ctx.io_timeout)
+    imap = IMAP4(address, 143, timeout=ctx.io_timeout)
     imap.starttls(ssl_context=client_context())
     return imap, "143+STARTTLS"
 
@@ -127,7 +133,7 @@ class _ImapLogin(Login):
 
     def close(self) -> None:
         with contextlib.suppress(OSError, imaplib.IMAP4.error, ssl.SSLError):
-            self.imap.logout()
+            close_imap(self.imap)
 
 
 class _Pop3Login(Login):
@@ -137,9 +143,9 @@ class _Pop3Login(Login):
         self.where = "995"
         if ctx.port_expected(995) is not False:
             with contextlib.suppress(ConnectionRefusedError):
-                pop = poplib.POP3_SSL(address, 995, context=client_context(), timeout=ctx.io_timeout)
+                pop = POP3_SSL(address, 995, context=client_context(), timeout=ctx.io_timeout)
         if pop is None:
-            pop = poplib.POP3(address, 110, timeout=ctx.io_timeout)
+            pop = POP3(address, 110, timeout=ctx.io_timeout)
             pop.stls(context=client_context())
             self.where = "110+STLS"
         pop.user(ctx.options.user or "")
@@ -158,10 +164,7 @@ class _Pop3Login(Login):
             return False, f"{self.where}: {exc}"
 
     def close(self) -> None:
-        try:
-            self.pop.quit()
-        except (OSError, poplib.error_proto):
-            self.pop.close()
+        close_pop3(self.pop)
 
 
 def submission_ports(ctx: Context) -> list[int]:
@@ -170,6 +173,7 @@ def submission_ports(ctx: Context) -> list[int]:
     A bare TCP connect (memoised per port) rather than the full SMTP probe: the logins and the roundtrip
     need only know where to connect, and waiting for the probe's TLS handshake delayed them.
     """
+    ctx.address()  # an address verify will not probe fails the login checks with that reason
     return [p for p in (587, 465) if ctx.port_expected(p) is not False and ctx.tcp_open(p)]
 
 
@@ -208,9 +212,7 @@ def _attempt(ctx: Context, key: str, password: str) -> Outcome:
     return _finish(login)
 
 
-def _send_all(
-    prepared: dict[str, Login | Outcome], password: str, pool: ThreadPoolExecutor
-) -> dict[str, Outcome]:
+def _send_all(prepared: dict[str, Login | Outcome], password: str, pool: Any = None) -> dict[str, Outcome]:
     """Send every credential command back to back on ready connections, then read the replies."""
     sent: dict[str, Login] = {}
     out: dict[str, Outcome] = {}
@@ -224,14 +226,14 @@ def _send_all(
         except Exception as exc:
             login.close()
             out[key] = (False, f"error: {describe(exc)}")
-    out.update(zip(sent, pool.map(_finish, sent.values()), strict=True))
+    out.update(zip(sent, bounded.parallel(_finish, list(sent.values())), strict=True))
     return {key: out[key] for key in prepared}
 
 
-def _burst(ctx: Context, keys: list[str], password: str, pool: ThreadPoolExecutor) -> dict[str, Outcome]:
+def _burst(ctx: Context, keys: list[str], password: str) -> dict[str, Outcome]:
     """Prepare all connections concurrently, send every credential command back to back, then read."""
-    prepared = dict(zip(keys, pool.map(lambda k: _prepare(ctx, k), keys), strict=True))
-    return _send_all(prepared, password, pool)
+    prepared = dict(zip(keys, bounded.parallel(lambda k: _prepare(ctx, k), keys), strict=True))
+    return _send_all(prepared, password)
 
 
 def logins(ctx: Context) -> dict[str, Outcome]:
@@ -253,10 +255,17 @@ def _logins(ctx: Context) -> dict[str, Outcome]:
     # The wrong-password connections are opened and made ready (TCP, TLS, EHLO/USER) while the good
     # logins run: readying a connection sends no credentials, so it cannot trigger the auth penalty.
     # Only the credential commands wait for the good logins and the roundtrip's login.
-    with ThreadPoolExecutor(max_workers=len(keys) + len(wrong)) as pool:
-        ready = {k: pool.submit(_prepare, ctx, k) for k in wrong}
-        good = dict(zip(keys, pool.map(lambda k: _attempt(ctx, k, password), keys), strict=True))
-        if "smtp.roundtrip" in ctx.selected:
-            ctx.roundtrip_logged_in.wait(ctx.io_timeout)
-        bad = _send_all({k: f.result() for k, f in ready.items()}, WRONG_PASSWORD, pool)
+    # Daemon threads bound to this check's deadline (bounded.spawn), never an executor joined at exit.
+    ready = {k: bounded.spawn(lambda k=k: _prepare(ctx, k)) for k in wrong}  # type: ignore[misc]
+    good = dict(zip(keys, bounded.parallel(lambda k: _attempt(ctx, k, password), keys), strict=True))
+    if "smtp.roundtrip" in ctx.selected:
+        ctx.roundtrip_logged_in.wait(bounded.time_left(ctx.io_timeout))
+    bad = _send_all({k: _ready(task) for k, task in ready.items()}, WRONG_PASSWORD)
     return {**good, **{f"wrong:{k}": v for k, v in bad.items()}}
+
+
+def _ready(task: bounded.Task[Login | Outcome]) -> Login | Outcome:
+    try:
+        return task.result()
+    except Exception as exc:
+        return False, f"error: {describe(exc)}"

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from provisioner.checks.base import Result, Skip, Status, aggregate, check, worst
 from provisioner.checks.context import Context
 from provisioner.checks.parsers import (
-    SPF_LOOKUP_LIMIT,
-    SPF_VOID_LIMIT,
     LookupFailed,
     evaluate_spf,
     judge_dkim,
@@ -22,6 +20,7 @@ from provisioner.checks.parsers import (
     judge_spf_all,
     judge_tlsrpt,
     parse_spf,
+    spf_limit_problems,
     spf_text,
     walk_spf,
 )
@@ -65,6 +64,15 @@ def mx(ctx: Context) -> Result:
         unresolved = [host for _, host in records if host != "." and not ctx.addresses_of(host)]
         if unresolved:
             return "fail", f"MX host without A/AAAA: {', '.join(unresolved)}", shown
+        unsafe = [
+            reason
+            for _, host in records
+            if host != "."
+            for reason in [ctx.unsafe_reason(a, host) for a in ctx.addresses_of(host)]
+            if reason
+        ]
+        if unsafe:
+            return "fail", "; ".join(unsafe), shown
         if ctx.spec is not None and ctx.spec.hostname not in {h for _, h in records}:
             return "fail", f"{ctx.spec.hostname} is not among the MX hosts ({', '.join(shown)})", shown
         return "pass", ", ".join(shown), shown
@@ -90,6 +98,9 @@ def a_record(ctx: Context) -> Result:
     found = ctx.addresses_of(name)
     if not found:
         return Result("dns.a", "fail", f"{name} has no A or AAAA record", [])
+    unsafe = [reason for reason in (ctx.unsafe_reason(a, name) for a in found) if reason]
+    if unsafe:
+        return Result("dns.a", "fail", "; ".join(unsafe), found)
     if ctx.target_is_ip and ctx.address() not in found:
         return Result("dns.a", "warn", f"{name} resolves to {', '.join(found)}, not {ctx.address()}", found)
     return Result("dns.a", "pass", f"{name} -> {', '.join(found)}", found)
@@ -137,15 +148,11 @@ def spf(ctx: Context) -> Result:
             return "fail", f"syntax: {'; '.join(record.errors)}", text
         verdicts: list[tuple[Status, str]] = [judge_spf_all(record)]
         walk = walk_spf(domain, ctx.lookup)
-        if walk.lookups > SPF_LOOKUP_LIMIT:
-            verdicts.append(("fail", f"{walk.lookups} DNS-querying terms (limit {SPF_LOOKUP_LIMIT})"))
-        if walk.void > SPF_VOID_LIMIT:
-            verdicts.append(("fail", f"{walk.void} void lookups (limit {SPF_VOID_LIMIT})"))
+        limits = spf_limit_problems(walk)
+        verdicts += [("fail", p) for p in limits]
         verdicts += [("fail", e) for e in walk.errors]
-        for address in _sending_addresses(ctx):
-            result = evaluate_spf(address, domain, ctx.lookup)
-            if result != "pass":
-                verdicts.append(("fail", f"does not authorise the mail host {address} (result {result})"))
+        if not limits:
+            verdicts += _authorises_host(ctx, domain)
         status = worst(s for s, _ in verdicts)
         if status == "pass":
             return "pass", f"{text} ({walk.lookups} lookups)", text
@@ -154,11 +161,24 @@ def spf(ctx: Context) -> Result:
     return _per_domain(ctx, "dns.spf", judge)
 
 
-def _sending_addresses(ctx: Context) -> list[str]:
+def _authorises_host(ctx: Context, domain: str) -> list[tuple[Status, str]]:
+    """Evaluate the domain's SPF for each address of the mail host; say so when that is not possible."""
     try:
-        return ctx.target_addresses()
-    except LookupFailed:
-        return []
+        addresses = ctx.target_addresses()
+    except LookupFailed as exc:
+        return [("fail", f"cannot evaluate SPF for the mail host: {exc}")]
+    if not addresses:
+        return [("fail", f"cannot evaluate SPF for the mail host: {ctx.options.target} has no address")]
+    out: list[tuple[Status, str]] = []
+    for address in addresses:
+        try:
+            result = evaluate_spf(address, domain, ctx.lookup)
+        except LookupFailed as exc:
+            out.append(("fail", f"cannot evaluate SPF for the mail host {address} (temperror: {exc})"))
+            continue
+        if result != "pass":
+            out.append(("fail", f"does not authorise the mail host {address} (result {result})"))
+    return out
 
 
 @check("dns.dmarc", "DMARC policy quarantine or reject", needs=("dns",))

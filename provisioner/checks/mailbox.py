@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from provisioner.checks.base import Result, Skip, Status, aggregate, check
-from provisioner.checks.context import IMAP_PORTS, POP3_PORTS, Context, describe
+import imaplib
+import re
+import secrets
+
+from provisioner.checks.base import Result, Skip, Status, aggregate, check, worst
+from provisioner.checks.context import IMAP4, IMAP_PORTS, POP3_PORTS, Context, close_imap, describe
 from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, logins
-from provisioner.checks.parsers import judge_login_disabled
+from provisioner.checks.parsers import judge_login_disabled, judge_plaintext_login, text_of
 
 
 def _port_check(protocol: str, port: int) -> None:
@@ -29,6 +33,8 @@ def _port_check(protocol: str, port: int) -> None:
             return Result(id, "warn", f"port {port} answers, but the spec switches it off", probe.greeting)
         if not probe.greeting.startswith(greeting_prefix):
             return Result(id, "fail", f"unexpected greeting: {probe.greeting[:80]}", probe.greeting)
+        if probe.tls is None and port in (993, 995):
+            return Result(id, "fail", f"port {port}: no TLS", probe.greeting)
         tls = f" over {probe.tls.version}" if probe.tls else ""
         return Result(id, "pass", f"{probe.greeting[:60]}{tls}", probe.greeting)
 
@@ -51,8 +57,38 @@ def login_disabled(ctx: Context) -> Result:
         if expected is None and isinstance(exc, ConnectionRefusedError):
             raise Skip("port 143 is closed") from None
         return Result("imap.login_disabled", "fail", f"port 143: {describe(exc)}")
-    status, reason = judge_login_disabled(probe.caps)
-    return Result("imap.login_disabled", status, reason, probe.caps)
+    advertised = judge_login_disabled(probe.caps)
+    try:
+        typ, text = plaintext_login(ctx)
+    except Exception as exc:
+        tried: tuple[Status, str] = ("fail", f"could not try LOGIN before STARTTLS: {describe(exc)}")
+    else:
+        tried = judge_plaintext_login(typ, text)
+    status = worst([advertised[0], tried[0]])
+    reason = "; ".join(r for s, r in (advertised, tried) if s == status)
+    return Result("imap.login_disabled", status, reason, {"capabilities": probe.caps, "login": tried[1]})
+
+
+def plaintext_login(ctx: Context) -> tuple[str, str]:
+    """LOGIN on 143 before STARTTLS for a made-up user with a random password: (OK/NO/BAD, reply text).
+
+    Tried whatever the capabilities say, since a server may advertise LOGINDISABLED and still log in.
+    """
+    imap = IMAP4(ctx.address(), 143, timeout=ctx.io_timeout)
+    try:
+        user = f"mailprov-verify-no-such-user-{ctx.token}@invalid"
+        tag = imap._command("LOGIN", user, imap._quote(secrets.token_urlsafe(12)))  # type: ignore[attr-defined]
+        try:
+            typ, data = imap._command_complete("LOGIN", tag)  # type: ignore[attr-defined]
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:  # a tagged BAD: "LOGIN command error: BAD [b'text']"
+            match = re.search(r"BAD \[b?(['\"])(.*)\1\]$", str(exc), re.S)
+            return "BAD", match.group(2) if match else str(exc)
+        last = data[-1] if data else b""
+        return str(typ), text_of(last if isinstance(last, bytes | str) else b"")
+    finally:
+        close_imap(imap)
 
 
 def _login_check(protocol: str) -> None:

@@ -123,12 +123,21 @@ def _domain_arg(value: str, default: str) -> str:
 
 @dataclass
 class SpfWalk:
-    """What a receiver spends evaluating a domain's SPF: DNS-querying terms, void lookups, problems."""
+    """What a receiver spends evaluating a domain's SPF: DNS-querying terms, void lookups, problems.
+
+    The walk stops as soon as a limit is crossed (as a receiver does, with permerror), so a record tree
+    that includes the same names again and again costs at most SPF_LOOKUP_LIMIT + 1 terms, not 2^depth.
+    """
 
     lookups: int = 0
     void: int = 0
     errors: list[str] = field(default_factory=list)
     records: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def over_limit(self) -> bool:
+        """Whether a receiver would have stopped with permerror (too many lookups or void lookups)."""
+        return self.lookups > SPF_LOOKUP_LIMIT or self.void > SPF_VOID_LIMIT
 
 
 def spf_text(domain: str, lookup: Lookup) -> tuple[str | None, list[str]]:
@@ -143,22 +152,29 @@ def spf_text(domain: str, lookup: Lookup) -> tuple[str | None, list[str]]:
 
 
 def walk_spf(domain: str, lookup: Lookup, _walk: SpfWalk | None = None, _depth: int = 0) -> SpfWalk:
-    """Count every DNS-querying term through includes and redirects, and the void lookups among them."""
+    """Count DNS-querying terms through includes and redirects, and the void lookups among them.
+
+    Stops at the first term past RFC 7208's limits (10 DNS-querying terms, 2 void lookups).
+    """
     walk = _walk or SpfWalk()
-    if _depth > 12:
+    if walk.over_limit:
+        return walk
+    if _depth > SPF_LOOKUP_LIMIT + 2:
         walk.errors.append("include/redirect nesting too deep (loop?)")
         return walk
     text, problems = spf_text(domain, lookup)
     walk.errors += problems
     if text is None:
         return walk
-    walk.records[domain] = text
+    walk.records.setdefault(domain, text)
     record = parse_spf(text)
     walk.errors += [f"{domain}: {e}" for e in record.errors]
     for term in record.terms:
         if term.mechanism not in SPF_DNS_MECHANISMS:
             continue
         walk.lookups += 1
+        if walk.over_limit:
+            return walk
         if term.mechanism == "include":
             if lookup(term.value, "TXT") is None:
                 walk.void += 1
@@ -174,10 +190,26 @@ def walk_spf(domain: str, lookup: Lookup, _walk: SpfWalk | None = None, _depth: 
                 walk.void += 1
         elif term.mechanism in ("exists", "ptr") and term.value and lookup(term.value, "A") is None:
             walk.void += 1
+        if walk.over_limit:
+            return walk
     if "redirect" in record.modifiers and record.all_term is None:
         walk.lookups += 1
-        walk_spf(record.modifiers["redirect"], lookup, walk, _depth + 1)
+        if not walk.over_limit:
+            walk_spf(record.modifiers["redirect"], lookup, walk, _depth + 1)
     return walk
+
+
+def spf_limit_problems(walk: SpfWalk) -> list[str]:
+    """The RFC 7208 limits a walk crossed, as reasons."""
+    out = []
+    if walk.lookups > SPF_LOOKUP_LIMIT:
+        out.append(
+            f"more than {SPF_LOOKUP_LIMIT} DNS-querying terms (RFC 7208 limit {SPF_LOOKUP_LIMIT} lookups: "
+            "receivers stop with permerror)"
+        )
+    if walk.void > SPF_VOID_LIMIT:
+        out.append(f"more than {SPF_VOID_LIMIT} void lookups (RFC 7208 limit {SPF_VOID_LIMIT})")
+    return out
 
 
 def _in_cidr(ip: str, addresses: Iterable[str], cidr: str) -> bool:
@@ -195,10 +227,45 @@ def _in_cidr(ip: str, addresses: Iterable[str], cidr: str) -> bool:
     return False
 
 
+class _SpfBudget:
+    """Counters shared by one SPF evaluation (RFC 7208 section 4.6.4)."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+        self.void = 0
+
+    def term(self) -> bool:
+        """Count a DNS-querying term; False once over the limit."""
+        self.lookups += 1
+        return self.lookups <= SPF_LOOKUP_LIMIT
+
+    def answer(self, value: list[str] | None) -> list[str] | None:
+        """Count a void answer."""
+        if not value:
+            self.void += 1
+        return value
+
+
+class SpfLimitExceeded(Exception):
+    """Evaluation crossed an RFC 7208 limit: the result is permerror."""
+
+
 def evaluate_spf(ip: str, domain: str, lookup: Lookup, _depth: int = 0) -> str:
-    """The SPF result (pass, fail, softfail, neutral, none, permerror) for mail from IP as DOMAIN."""
-    if _depth > 10:
+    """The SPF result (pass, fail, softfail, neutral, none, permerror) for mail from IP as DOMAIN.
+
+    Counts DNS-querying terms and void lookups across includes and redirects and returns permerror past
+    the limits, so evaluation costs at most SPF_LOOKUP_LIMIT lookups however the records nest.
+    Raises LookupFailed when the resolver fails (a receiver's temperror).
+    """
+    try:
+        return _evaluate(ip, domain, lookup, _SpfBudget(), 0)
+    except SpfLimitExceeded:
         return "permerror"
+
+
+def _evaluate(ip: str, domain: str, lookup: Lookup, budget: _SpfBudget, depth: int) -> str:
+    if depth > SPF_LOOKUP_LIMIT:
+        raise SpfLimitExceeded
     text, problems = spf_text(domain, lookup)
     if text is None:
         return "none"
@@ -208,9 +275,12 @@ def evaluate_spf(ip: str, domain: str, lookup: Lookup, _depth: int = 0) -> str:
     if record.errors:
         return "permerror"
     addr = ipaddress.ip_address(ip)
+    rdtype = "A" if addr.version == 4 else "AAAA"
     for term in record.terms:
         matched = False
         mech, value = term.mechanism, term.value
+        if mech in SPF_DNS_MECHANISMS and not budget.term():
+            raise SpfLimitExceeded
         if mech == "all":
             matched = True
         elif mech in ("ip4", "ip6"):
@@ -221,28 +291,32 @@ def evaluate_spf(ip: str, domain: str, lookup: Lookup, _depth: int = 0) -> str:
         elif mech == "a":
             name = _domain_arg(value, domain)
             cidr = "/" + value.split("/", 1)[1] if "/" in value else ""
-            rdtype = "A" if addr.version == 4 else "AAAA"
-            matched = _in_cidr(ip, lookup(name, rdtype) or [], cidr)
+            matched = _in_cidr(ip, budget.answer(lookup(name, rdtype)) or [], cidr)
         elif mech == "mx":
             name = _domain_arg(value, domain)
             cidr = "/" + value.split("/", 1)[1] if "/" in value else ""
-            rdtype = "A" if addr.version == 4 else "AAAA"
-            for mx in (lookup(name, "MX") or [])[:10]:
+            for mx in (budget.answer(lookup(name, "MX")) or [])[:10]:
                 host = mx.split()[-1].rstrip(".")
                 if _in_cidr(ip, lookup(host, rdtype) or [], cidr):
                     matched = True
                     break
         elif mech == "include":
-            inner = evaluate_spf(ip, value, lookup, _depth + 1)
+            inner = _evaluate(ip, value, lookup, budget, depth + 1)
             if inner in ("permerror", "none"):
                 return "permerror"
             matched = inner == "pass"
         elif mech == "exists":
-            matched = lookup(value, "A") is not None
+            matched = budget.answer(lookup(value, "A")) is not None
+        elif mech == "ptr":
+            continue  # deprecated (RFC 7208 5.5); counted, never matched here
+        if budget.void > SPF_VOID_LIMIT:
+            raise SpfLimitExceeded
         if matched:
             return _QUALIFIERS[term.qualifier]
     if "redirect" in record.modifiers:
-        inner = evaluate_spf(ip, record.modifiers["redirect"], lookup, _depth + 1)
+        if not budget.term():
+            raise SpfLimitExceeded
+        inner = _evaluate(ip, record.modifiers["redirect"], lookup, budget, depth + 1)
         return "permerror" if inner == "none" else inner
     return "neutral"
 
@@ -452,6 +526,162 @@ def reply_class(code: int) -> str:
     if 500 <= code < 600:
         return "refused"
     return "error"
+
+
+_REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.S)
+
+
+class ReplyError(ValueError):
+    """A line that is not part of a well-formed SMTP reply (RFC 5321 section 4.2)."""
+
+
+def shown_bytes(data: bytes, limit: int = 60) -> str:
+    """Server bytes for a reason: decoded, control characters escaped, cut at limit characters."""
+    text = escape_text(data.decode("utf-8", "replace"))
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def parse_reply_line(line: bytes, code: int | None = None) -> tuple[int, bool, bytes]:
+    """One SMTP reply line -> (code, more lines follow, text); strict: three digits 2xx-5xx, ' ' or '-'.
+
+    `code` is the code of the reply's earlier lines: a continuation line must repeat it.
+    Raises ReplyError naming what is wrong.
+    """
+    body = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+    match = _REPLY_LINE.match(body)
+    if not match:
+        raise ReplyError(f"malformed SMTP reply {shown_bytes(body)!r} (expected a 2xx-5xx code)")
+    value = int(match.group(1))
+    if code is not None and value != code:
+        raise ReplyError(f"multi-line reply changes its code from {code} to {value}")
+    return value, match.group(2) == b"-", (match.group(3) or b"").strip()
+
+
+#: AUTH before STARTTLS refused as unavailable: unknown/unimplemented command, bad sequence (AUTH not
+#: enabled), mechanism not supported, encryption required first (RFC 3207, RFC 4954).
+AUTH_UNAVAILABLE = (500, 502, 503, 504, 530, 538)
+
+
+def judge_plaintext_auth(code: int, text: str) -> tuple[Status, str]:
+    """The reply to AUTH (a made-up user) sent before STARTTLS: pass only when refused as unavailable."""
+    reply = f"{code} {text}".strip()
+    if code in AUTH_UNAVAILABLE:
+        return "pass", f"AUTH refused before STARTTLS ({reply})"
+    if code == 334:
+        return "fail", f"AUTH processed before STARTTLS: the server asked for credentials ({reply})"
+    if code == 235:
+        return "fail", f"AUTH accepted before STARTTLS for a made-up user ({reply})"
+    if code == 535:
+        return (
+            "fail",
+            f"AUTH processed before STARTTLS: a made-up user's password was checked in plaintext ({reply})",
+        )
+    return "fail", f"AUTH before STARTTLS not refused as unavailable ({reply})"
+
+
+_PLAINTEXT_REFUSED = re.compile(
+    r"privacyrequired|plain ?text|disallowed|not allowed|logindisabled|login (?:is )?disabled"
+    r"|(?:ssl|tls|starttls|encryption)\b[^.]*\brequired|requires? (?:ssl|tls|starttls|encryption)",
+    re.I,
+)
+_AUTH_FAILED = re.compile(
+    r"authenticationfailed|authentication failed|invalid (?:credentials|password)", re.I
+)
+
+
+def judge_plaintext_login(typ: str, text: str) -> tuple[Status, str]:
+    """The reply to IMAP LOGIN (a made-up user) before STARTTLS: pass only on 'plaintext disallowed'."""
+    reply = f"{typ} {text}".strip()
+    if typ == "OK":
+        return "fail", f"plaintext LOGIN accepted before STARTTLS for a made-up user ({reply})"
+    if _AUTH_FAILED.search(text) and "PRIVACYREQUIRED" not in text.upper():
+        return "fail", f"LOGIN processed before STARTTLS: the password was checked in plaintext ({reply})"
+    if typ in ("NO", "BAD") and _PLAINTEXT_REFUSED.search(text):
+        return "pass", f"LOGIN refused before STARTTLS ({reply})"
+    return "fail", f"LOGIN before STARTTLS not refused as plaintext-disallowed ({reply})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Addresses and untrusted text
+
+
+def unsafe_address(address: str) -> str | None:
+    """Why verify must not connect to an address (this machine or no host at all), or None."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "an unspecified address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    return None
+
+
+def escape_text(text: str, keep: str = "") -> str:
+    """Control and other non-printable characters as visible escapes (\\x1b, \\x00, \\u202e)."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch in keep:
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+MAX_REASON = 1000
+
+
+def clean_reason(text: str, limit: int = MAX_REASON) -> str:
+    """A one-line reason safe for any output: whitespace collapsed, escapes, truncated with a marker."""
+    line = escape_text(" ".join(str(text).split()))
+    if len(line) > limit:
+        keep = max(0, limit - 40)  # room for the marker, so cleaning twice changes nothing
+        line = f"{line[:keep]}… [{len(line) - keep} more characters truncated]"
+    return line
+
+
+MAX_EVIDENCE = 16 * 1024
+
+
+def clean_evidence(value: Any, limit: int = MAX_EVIDENCE) -> Any:
+    """Evidence made JSON-safe, its strings escaped (newlines kept), and its size capped."""
+
+    def walk(item: Any, depth: int) -> Any:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "replace")
+        if isinstance(item, str):
+            text = escape_text(item, keep="\n\t")
+            return text if len(text) <= 4000 else text[:4000] + "… [truncated]"
+        if item is None or isinstance(item, bool | int | float):
+            return item
+        if depth > 6:
+            return clean_reason(str(item), 200)
+        if isinstance(item, dict):
+            return {clean_reason(str(k), 200): walk(v, depth + 1) for k, v in list(item.items())[:200]}
+        if isinstance(item, list | tuple | set | frozenset):
+            return [walk(v, depth + 1) for v in list(item)[:200]]
+        return clean_reason(str(item), 4000)
+
+    cleaned = walk(value, 0)
+    text = json.dumps(cleaned)
+    if len(text) > limit:
+        return text[:limit] + f"… [{len(text) - limit} more characters truncated]"
+    return cleaned
 
 
 # --------------------------------------------------------------------------------------------------

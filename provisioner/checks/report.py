@@ -21,15 +21,21 @@ JSON format (stable; keys are only ever added, never renamed or removed)::
     }
 
 Results appear in catalog order. A run with any "fail" exits 1.
+
+Reasons and evidence quote servers and DNS, which may be hostile: the runner has already escaped their
+control characters and capped their size; here the table prints them as plain text (never as Rich
+markup), and JUnit replaces anything XML cannot hold.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
 from provisioner.checks.base import CATALOG
+from provisioner.checks.parsers import clean_reason, escape_text
 from provisioner.checks.runner import Report
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
@@ -37,6 +43,15 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+# Characters XML 1.0 cannot hold, even escaped.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text XML can hold: characters it forbids shown as escapes (\\x1b) instead."""
+    return _XML_INVALID.sub(lambda m: escape_text(m.group()), text)
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -76,7 +91,7 @@ def to_junit(report: Report) -> str:
     suite = ET.SubElement(
         suites,
         "testsuite",
-        name=f"mailprov verify {report.target}",
+        name=xml_safe(f"mailprov verify {report.target}"),
         tests=str(len(report.results)),
         failures=str(summary["fail"]),
         errors="0",
@@ -88,32 +103,40 @@ def to_junit(report: Report) -> str:
         case = ET.SubElement(
             suite,
             "testcase",
-            classname=meta.area if meta else r.id.split(".")[0],
-            name=r.id,
+            classname=xml_safe(meta.area if meta else r.id.split(".")[0]),
+            name=xml_safe(r.id),
             time=f"{r.duration:.3f}",
         )
-        evidence = "" if r.evidence is None else json.dumps(_jsonable(r.evidence), indent=2)
+        evidence = "" if r.evidence is None else xml_safe(json.dumps(_jsonable(r.evidence), indent=2))
+        reason = xml_safe(r.reason)
         if r.status == "fail":
-            failure = ET.SubElement(case, "failure", message=r.reason, type="fail")
+            failure = ET.SubElement(case, "failure", message=reason, type="fail")
             failure.text = evidence
         elif r.status == "skip":
-            ET.SubElement(case, "skipped", message=r.reason)
+            ET.SubElement(case, "skipped", message=reason)
         else:
             out = ET.SubElement(case, "system-out")
-            out.text = f"{r.status.upper()}: {r.reason}" + (f"\n{evidence}" if evidence else "")
+            out.text = f"{r.status.upper()}: {reason}" + (f"\n{evidence}" if evidence else "")
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
 def _table(report: Report) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"mailprov verify {report.target}", title_justify="left")
+    # Text objects, not strings: Rich would read "[...]" in a server's reply as markup.
+    title = Text(f"mailprov verify {clean_reason(report.target, 200)}")
+    table = Table(title=title, title_justify="left")
     table.add_column("status", no_wrap=True)
     table.add_column("check", no_wrap=True)
     table.add_column("reason", overflow="fold")
     for r in report.results:
-        table.add_row(f"[{_STYLE[r.status]}]{r.status}[/]", r.id, r.reason)
+        table.add_row(
+            Text(r.status, style=_STYLE.get(r.status, "")),
+            Text(clean_reason(r.id, 200)),
+            Text(clean_reason(r.reason)),
+        )
     return table
 
 

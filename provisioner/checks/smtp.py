@@ -6,20 +6,24 @@ its message afterwards. RCPT probes end with RSET/QUIT before DATA, so they neve
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
+import secrets
 import smtplib
 import ssl
 import time
 from email.message import EmailMessage
 
 from provisioner.checks.base import Result, Skip, Status, aggregate, check
-from provisioner.checks.context import SMTP_PORTS, Context, client_context
+from provisioner.checks.context import SMTP_PORTS, Context, client_context, close_imap, describe
 from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, imap_connect, logins, submission_ports
 from provisioner.checks.parsers import (
     LookupFailed,
     judge_banner,
+    judge_plaintext_auth,
     missing_ehlo,
+    parse_ehlo,
     reply_class,
     text_of,
 )
@@ -37,6 +41,8 @@ def _port_check(port: int) -> None:
         expected = ctx.port_expected(port)
         probe = ctx.smtp(port)
         where = f"{probe.address or ctx.options.target}:{port}"
+        if probe.unsafe:
+            return Result(id, "fail", probe.error or "address refused")
         if probe.tcp:
             if expected is False:
                 return Result(id, "warn", f"{where} is open, but the spec switches it off")
@@ -65,6 +71,8 @@ def banner(ctx: Context) -> Result:
     probe = ctx.smtp(25)
     if not probe.tcp:
         return Result("smtp.banner", "fail", f"port 25: {probe.error}")
+    if not probe.banner_code:
+        return Result("smtp.banner", "fail", f"no 220 greeting: {probe.error}")
     if probe.banner_code != 220:
         shown = f"{probe.banner_code} {probe.banner}" if probe.banner_code else probe.error
         return Result("smtp.banner", "fail", f"no 220 greeting: {shown}", probe.banner)
@@ -97,6 +105,12 @@ def _starttls_check(port: int) -> None:
         ctx.require_port(port)
         _session(ctx, port)
         probe = ctx.smtp(port)
+        if probe.banner_code != 220:
+            return Result(
+                id, "fail", f"no 220 greeting: {probe.banner_code or ''} {probe.banner or probe.error}"
+            )
+        if probe.ehlo_code != 250:
+            return Result(id, "fail", f"EHLO not answered: {probe.error}")
         if "STARTTLS" not in probe.caps:
             return Result(id, "fail", "STARTTLS not advertised", sorted(probe.caps))
         if probe.tls is None:
@@ -120,33 +134,71 @@ def implicit_tls(ctx: Context) -> Result:
     return Result("smtp.implicit_tls.465", "pass", f"{probe.tls.version} {probe.tls.cipher}, then 220")
 
 
+def plaintext_auth(ctx: Context, port: int) -> tuple[dict[str, str], dict[str, str], int, str]:
+    """Before STARTTLS: EHLO twice, then AUTH PLAIN for a made-up user whether AUTH is advertised or not.
+
+    The user cannot exist and the password is random, so no real credential is ever sent in plaintext.
+    Returns (capabilities of the first EHLO, of the second, the AUTH reply code, its text).
+    """
+    client = ctx.smtp_client(port)
+    try:
+        first = parse_ehlo(client.ehlo_resp or b"") if client.does_esmtp else {}
+        code, msg = client.ehlo()
+        second = parse_ehlo(msg) if code == 250 else {}
+        user = f"mailprov-verify-no-such-user-{ctx.token}@invalid"
+        token = base64.b64encode(f"\0{user}\0{secrets.token_urlsafe(12)}".encode()).decode()
+        code, msg = client.docmd("AUTH", f"PLAIN {token}")
+        if code == 334:
+            client.docmd("*")  # cancel the exchange (RFC 4954)
+        elif code == 504:
+            # PLAIN unknown: another plaintext mechanism may still be processed.
+            code, msg = client.docmd("AUTH", "LOGIN")
+            if code == 334:
+                client.docmd("*")
+        return first, second, code, text_of(msg)
+    finally:
+        client.quit_quietly()
+
+
 @check("smtp.auth_after_tls", "AUTH only after STARTTLS", needs=("net",), severity="high")
 def auth_after_tls(ctx: Context) -> Result:
-    """Before STARTTLS, EHLO on 25/587 lists no AUTH; after it, 587 lists AUTH."""
+    """Before STARTTLS, 25/587 offer no AUTH and refuse a tried AUTH as unavailable; after it, 587 offers AUTH."""
     parts: dict[str, tuple[Status, str]] = {}
     for port in (25, 587):
-        if ctx.port_expected(port) is False:
+        expected = ctx.port_expected(port)
+        if expected is False:
             continue
         probe = ctx.smtp(port)
-        if not probe.caps:
-            if ctx.port_expected(port):
-                parts[str(port)] = ("fail", f"no EHLO: {probe.error}")
+        if probe.unsafe:
+            raise LookupFailed(probe.error or "")
+        if not probe.tcp and not expected:
             continue
-        if "AUTH" in probe.caps:
-            parts[str(port)] = ("fail", f"offers AUTH {probe.caps['AUTH']} before STARTTLS")
-        elif port == 587 and probe.tls is not None and "AUTH" not in probe.caps_tls:
-            parts[str(port)] = ("fail", "offers no AUTH after STARTTLS")
+        if probe.ehlo_code != 250:
+            parts[f"port {port}"] = ("fail", f"no EHLO answer: {probe.error}")
+            continue
+        try:
+            first, second, code, text = plaintext_auth(ctx, port)
+        except (OSError, smtplib.SMTPException, LookupFailed) as exc:
+            parts[f"port {port}"] = ("fail", f"could not try AUTH before STARTTLS: {describe(exc)}")
+            continue
+        advertised = [
+            f"AUTH {caps['AUTH']}".strip() for caps in (probe.caps, first, second) if "AUTH" in caps
+        ]
+        status, reason = judge_plaintext_auth(code, text)
+        if advertised:
+            parts[f"port {port}"] = ("fail", f"offers {advertised[0]} before STARTTLS; {reason}")
+        elif status != "pass":
+            parts[f"port {port}"] = (status, reason)
         elif port == 587 and probe.tls is None:
-            parts[str(port)] = ("fail", f"no TLS to check AUTH after: {probe.starttls_error}")
+            parts[f"port {port}"] = ("fail", f"no TLS to check AUTH after: {probe.starttls_error}")
+        elif port == 587 and "AUTH" not in probe.caps_tls:
+            parts[f"port {port}"] = ("fail", f"{reason}; but offers no AUTH after STARTTLS")
         else:
             after = probe.caps_tls.get("AUTH")
-            parts[str(port)] = (
-                "pass",
-                "no AUTH before STARTTLS" + (f", AUTH {after} after" if after else ""),
-            )
+            parts[f"port {port}"] = ("pass", reason + (f"; AUTH {after} after" if after else ""))
     if not parts:
         raise Skip("neither port 25 nor 587 answered EHLO")
-    return aggregate("smtp.auth_after_tls", {f"port {p}": v for p, v in parts.items()})
+    return aggregate("smtp.auth_after_tls", parts)
 
 
 def _rcpt(ctx: Context, recipient: str, sender: str = RELAY_SENDER) -> tuple[int, str]:
@@ -160,10 +212,7 @@ def _rcpt(ctx: Context, recipient: str, sender: str = RELAY_SENDER) -> tuple[int
         client.rset()
         return code, text_of(msg)
     finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
+        client.quit_quietly()
 
 
 @check("smtp.open_relay", "No relaying for strangers", needs=("net",), severity="high")
@@ -283,10 +332,7 @@ def _roundtrip(ctx: Context, user: str) -> Result:
         client.login(user, ctx.options.password or "")
         client.send_message(message)
     finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
+        client.quit_quietly()
     sent = time.monotonic()
     deadline = sent + ctx.timeout * 3 - ctx.io_timeout
     imap, _ = imap_connect(ctx)
@@ -312,4 +358,4 @@ def _roundtrip(ctx: Context, user: str) -> Result:
             time.sleep(0.1)  # local delivery usually takes well under a second: poll often
     finally:
         with contextlib.suppress(OSError, imaplib.IMAP4.error, ssl.SSLError):
-            imap.logout()
+            close_imap(imap)

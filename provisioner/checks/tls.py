@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+from provisioner.checks import bounded
 from provisioner.checks.base import Result, Status, aggregate, check
 from provisioner.checks.context import SMTP_PORTS, TLS_PORTS, Context, TlsInfo, client_context, describe
 from provisioner.checks.parsers import (
@@ -29,10 +30,14 @@ PROBED_VERSIONS = (
 )
 
 
-def tls_ports(ctx: Context) -> tuple[dict[int, TlsInfo], dict[int, str]]:
-    """TLS facts per answering TLS port, and errors of ports that should speak TLS but did not."""
+def tls_ports(ctx: Context, served_only: bool = False) -> tuple[dict[int, TlsInfo], dict[int, str]]:
+    """TLS facts per answering TLS port, and errors of ports that should speak TLS but did not.
+
+    With served_only, errors only of ports that accept TCP (a closed port is the port checks' finding).
+    """
     infos: dict[int, TlsInfo] = {}
     errors: dict[int, str] = {}
+    ctx.address()  # an address verify will not probe fails every TLS check with that reason
     for port in TLS_PORTS:
         expected = ctx.port_expected(port)
         if expected is False:
@@ -40,8 +45,11 @@ def tls_ports(ctx: Context) -> tuple[dict[int, TlsInfo], dict[int, str]]:
         try:
             infos[port] = ctx.tls(port)
         except Exception as exc:
-            closed = not ctx.smtp(port).tcp if port in SMTP_PORTS else isinstance(exc, ConnectionRefusedError)
-            if expected is None and closed:
+            if port in SMTP_PORTS:
+                closed = not ctx.smtp(port).tcp
+            else:
+                closed = isinstance(exc, ConnectionRefusedError) or not ctx.tcp_open(port)
+            if closed and (expected is None or served_only):
                 continue
             errors[port] = describe(exc)
     return infos, errors
@@ -54,6 +62,33 @@ def _certs(ctx: Context, id: str) -> tuple[dict[int, TlsInfo], dict[int, CertFac
         raise ConnectionError(f"no TLS port answered ({shown})")
     # Five tls.cert.* checks read the same certificates: parse each distinct one once per run.
     return infos, {port: _facts(ctx, info.der) for port, info in infos.items() if info.der}
+
+
+def _served_ports_fail(ctx: Context, result: Result) -> Result:
+    """Fail the result for every served TLS port whose TLS did not work: no port passes unseen."""
+    _, errors = tls_ports(ctx, served_only=True)
+    if not errors:
+        return result
+    failed = "; ".join(f"port {p}: no TLS ({e})" for p, e in sorted(errors.items()))
+    if result.status == "fail":
+        return Result(result.id, "fail", f"{failed}; {result.reason}", result.evidence)
+    return Result(
+        result.id, "fail", f"{failed} (other ports: {result.status}: {result.reason})", result.evidence
+    )
+
+
+def _tls_check(id: str, title: str, severity: str = "high") -> Any:
+    """Register a tls.* check that also fails for every served port whose TLS did not work."""
+
+    def register(fn: Any) -> Any:
+        def wrapped(ctx: Context) -> Result:
+            return _served_ports_fail(ctx, fn(ctx))
+
+        wrapped.__doc__ = fn.__doc__
+        check(id, title, needs=("net",), severity=severity)(wrapped)  # type: ignore[arg-type]
+        return fn
+
+    return register
 
 
 def _facts(ctx: Context, der: bytes) -> CertFacts:
@@ -74,7 +109,7 @@ def _by_certificate(id: str, facts: dict[int, CertFacts], judge: object, evidenc
     return aggregate(id, parts, evidence)
 
 
-@check("tls.versions", "TLS 1.2+ offered, 1.0/1.1 refused", needs=("net",), severity="high")
+@_tls_check("tls.versions", "TLS 1.2+ offered, 1.0/1.1 refused", severity="high")
 def versions(ctx: Context) -> Result:
     """On each TLS port, TLS 1.2 or 1.3 is offered and TLS 1.0 and 1.1 are refused.
 
@@ -89,22 +124,29 @@ def versions(ctx: Context) -> Result:
         try:
             ctx.tls_handshake(port, client_context(version=version))
             return port, name, True, ""
-        except ssl.SSLError:
-            return port, name, False, ""
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return port, name, False, ""  # the server refused the handshake: the version is not offered
         except Exception as exc:
             return port, name, False, describe(exc)
 
-    with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
-        outcomes = list(pool.map(probe, jobs))
+    outcomes = bounded.parallel(probe, jobs)
     offered: dict[int, list[str]] = {port: [info.version] for port, info in infos.items()}
-    for port, name, ok, _ in outcomes:
+    unconfirmed: dict[int, list[str]] = {}
+    for port, name, ok, error in outcomes:
         if ok:
             offered[port].insert(0, name)
+        elif error:
+            unconfirmed.setdefault(port, []).append(f"{name}: {error}")
     parts: dict[str, tuple[Status, str]] = {}
     for port, names in offered.items():
         old = [n for n in names if n in ("TLSv1", "TLSv1.1")]
         modern = [n for n in names if n in ("TLSv1.2", "TLSv1.3")]
-        if old:
+        if port in unconfirmed and not old:
+            parts[f"port {port}"] = (
+                "fail",
+                f"could not confirm that old versions are refused ({'; '.join(unconfirmed[port])})",
+            )
+        elif old:
             parts[f"port {port}"] = ("fail", f"accepts {' and '.join(old)}")
         elif not modern:
             parts[f"port {port}"] = (
@@ -120,7 +162,7 @@ def versions(ctx: Context) -> Result:
     return aggregate("tls.versions", parts, offered)
 
 
-@check("tls.cert.name", "The certificate covers the host name", needs=("net",), severity="high")
+@_tls_check("tls.cert.name", "The certificate covers the host name", severity="high")
 def cert_name(ctx: Context) -> Result:
     """Every TLS port's certificate covers the mail host name (SAN, wildcard one label)."""
     hostname = ctx.require_hostname()
@@ -129,7 +171,7 @@ def cert_name(ctx: Context) -> Result:
     return _by_certificate("tls.cert.name", facts, lambda f: judge_cert_name(f, hostname), names)
 
 
-@check("tls.cert.chain", "The certificate chain is trusted", needs=("net",), severity="high")
+@_tls_check("tls.cert.chain", "The certificate chain is trusted", severity="high")
 def cert_chain(ctx: Context) -> Result:
     """The chain verifies against the system store or --ca (self-signed = warn)."""
     infos, facts = _certs(ctx, "tls.cert.chain")
@@ -150,7 +192,7 @@ def cert_chain(ctx: Context) -> Result:
     return aggregate("tls.cert.chain", parts, issuers)
 
 
-@check("tls.cert.expiry", "The certificate is not about to expire", needs=("net",), severity="high")
+@_tls_check("tls.cert.expiry", "The certificate is not about to expire", severity="high")
 def cert_expiry(ctx: Context) -> Result:
     """More than 14 days left (under 14 = warn, expired = fail)."""
     _, facts = _certs(ctx, "tls.cert.expiry")
@@ -159,7 +201,7 @@ def cert_expiry(ctx: Context) -> Result:
     return _by_certificate("tls.cert.expiry", facts, lambda f: judge_expiry(f.not_after, now), dates)
 
 
-@check("tls.cert.key", "Strong certificate key and signature", needs=("net",))
+@_tls_check("tls.cert.key", "Strong certificate key and signature", severity="medium")
 def cert_key(ctx: Context) -> Result:
     """RSA >= 2048 or ECDSA >= 256; signature hash SHA-256 or better."""
     _, facts = _certs(ctx, "tls.cert.key")
@@ -188,7 +230,7 @@ def _files_on_disk(ctx: Context) -> dict[str, str]:
     return files
 
 
-@check("tls.cert.same", "Every TLS port serves the same certificate", needs=("net",), severity="low")
+@_tls_check("tls.cert.same", "Every TLS port serves the same certificate", severity="low")
 def cert_same(ctx: Context) -> Result:
     """All TLS ports serve one certificate; with --ssh/--local, the one in the configured files."""
     _, facts = _certs(ctx, "tls.cert.same")

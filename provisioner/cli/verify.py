@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
+import stat
 import sys
+import tempfile
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -74,6 +77,51 @@ def _target(value: str) -> str:
         raise UsageError(f"TARGET: expected a host name or IP address, got {value!r}") from None
 
 
+def check_output(path: Path) -> Path:
+    """Validate --output before the run: an existing, writable directory; no symlink, no non-file."""
+    shown = str(path)
+    if not shown.strip() or shown.endswith(("/", os.sep)):
+        raise UsageError(f"--output: expected a file path, got {shown!r}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"--output: directory {parent} does not exist (create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--output: directory {parent} is not writable")
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise UsageError(f"--output: cannot use {shown}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(
+            f"--output: {shown} is a symbolic link; refusing to write through it (give a file path)"
+        )
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"--output: {shown} is a directory (give a file path)")
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"--output: {shown} exists and is not a regular file")
+    return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write text to a temporary file beside path, then rename it over path (never following a link)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def testinfra_host(
     ssh: str | None, ssh_key: Path | None, ssh_config: Path | None, local: bool, timeout: float
@@ -132,6 +180,11 @@ def verify_cmd(
     timeout: float = typer.Option(
         10.0, "--timeout", help="Seconds per check (network waits inside it are shorter)."
     ),
+    allow_loopback: bool = typer.Option(
+        False,
+        "--allow-loopback",
+        help="Allow TARGET/MX addresses on this machine (loopback, 0.0.0.0, link-local): testing a local server.",
+    ),
 ) -> None:
     """Check a mail server: DNS, SMTP, TLS, IMAP/POP3 from outside; packages, services, config with --ssh.
 
@@ -142,8 +195,10 @@ def verify_cmd(
     from provisioner.checks import Options, select, verify
     from provisioner.checks.report import print_table, render_report
 
-    if timeout <= 0:
-        raise UsageError(f"--timeout: expected a positive number of seconds, got {timeout:g}")
+    if not timeout > 0 or timeout > 3600:
+        raise UsageError(f"--timeout: expected a positive number of seconds (at most 3600), got {timeout:g}")
+    if output is not None:
+        output = check_output(output)
     if bool(user) != bool(password_file):
         raise UsageError("--user and --password-file: give both (test credentials) or neither")
     patterns = [p for p in (only or "").split(",") if p.strip()]
@@ -178,10 +233,23 @@ def verify_cmd(
             password=password,
             host=host,
             timeout=timeout,
+            allow_loopback=allow_loopback,
         )
         report = verify(options, patterns or None)
     if output is not None:
-        output.write_text(render_report(report, fmt.value), encoding="utf-8")
+        rendered = render_report(report, fmt.value)
+        try:
+            write_atomically(output, rendered)
+        except OSError as exc:
+            # The run is done: keep its report on stdout rather than lose it.
+            if fmt is ReportFormat.table:
+                print_table(report)
+            else:
+                sys.stdout.write(rendered)
+            sys.stdout.flush()
+            raise UsageError(
+                f"--output: could not write {output}: {exc.strerror or exc}; the report is on stdout instead"
+            ) from None
         print_table(report)
         print(f"report written to {output}", file=sys.stderr)
     elif fmt is ReportFormat.table:

@@ -150,8 +150,11 @@ def lab() -> Iterator[dict[str, Any]]:
 
 
 def verify(*args: str) -> tuple[int, dict[str, Any]]:
-    """Run `mailprov verify ... --format json` in-process: (exit code, report)."""
-    result = CliRunner().invoke(app, ["verify", *args, "--format", "json"])
+    """Run `mailprov verify ... --format json` in-process: (exit code, report).
+
+    The servers listen on loopback addresses, which verify refuses to probe without --allow-loopback.
+    """
+    result = CliRunner().invoke(app, ["verify", *args, "--format", "json", "--allow-loopback"])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result.exit_code, json.loads(result.stdout)
 
@@ -270,7 +273,7 @@ def test_spf_with_too_many_lookups(lab: dict[str, Any]) -> None:
     (result,) = report["results"]
     assert code == 1
     assert result["status"] == "fail"
-    assert "11 DNS-querying terms (limit 10)" in result["reason"]
+    assert "more than 10 DNS-querying terms" in result["reason"]
 
 
 def test_only_and_junit(lab: dict[str, Any], tmp_path: Path) -> None:
@@ -290,6 +293,7 @@ def test_only_and_junit(lab: dict[str, Any], tmp_path: Path) -> None:
             str(out),
             "--ca",
             str(lab["ca"]),
+            "--allow-loopback",
         ],
     )
     assert result.exit_code == 0, result.output

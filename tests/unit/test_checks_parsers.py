@@ -89,8 +89,41 @@ def test_walk_over_ten_lookups_and_void() -> None:
     zone = {("example.org", "TXT"): [f"v=spf1 {mechanisms} -all"]}
     zone.update({(f"h{i}.example.org", "A"): ["192.0.2.1"] for i in range(8)})
     walk = p.walk_spf("example.org", fake_dns(zone))
-    assert walk.lookups == 11
-    assert walk.void == 3  # h8, h9, h10 have no address
+    # A receiver stops at the 11th DNS-querying term (permerror); so does the walk.
+    assert walk.lookups == 11 and walk.over_limit
+    assert walk.void == 2  # h8, h9 have no address; h10 is past the limit
+    assert any("more than 10 DNS-querying terms" in r for r in p.spf_limit_problems(walk))
+
+
+def test_walk_stops_at_the_third_void_lookup() -> None:
+    mechanisms = " ".join(f"a:gone{i}.example.org" for i in range(5))
+    walk = p.walk_spf("example.org", fake_dns({("example.org", "TXT"): [f"v=spf1 {mechanisms} -all"]}))
+    assert walk.void == 3 and walk.lookups == 3
+    assert p.spf_limit_problems(walk) == ["more than 2 void lookups (RFC 7208 limit 2)"]
+
+
+def _exponential_zone(depth: int) -> tuple[dict[tuple[str, str], list[str]], list[tuple[str, str]]]:
+    """n0 includes n1 twice, n1 includes n2 twice...: 2^depth include evaluations if walked naively."""
+    zone = {
+        (f"n{i}.test", "TXT"): [f"v=spf1 include:n{i + 1}.test include:n{i + 1}.test -all"]
+        for i in range(depth)
+    }
+    zone[(f"n{depth}.test", "TXT")] = ["v=spf1 ip4:192.0.2.1 -all"]
+    return zone, []
+
+
+def test_spf_walk_and_evaluation_are_linear_on_an_exponential_include_tree() -> None:
+    zone, _ = _exponential_zone(14)
+    calls: list[tuple[str, str]] = []
+
+    def lookup(name: str, rdtype: str) -> list[str] | None:
+        calls.append((name, rdtype))
+        return zone.get((name, rdtype))
+
+    walk = p.walk_spf("n0.test", lookup)
+    assert walk.over_limit and walk.lookups == 11
+    assert p.evaluate_spf("198.51.100.1", "n0.test", lookup) == "permerror"
+    assert len(calls) < 100  # 2^14 include evaluations without the limit
 
 
 def test_walk_reports_missing_and_duplicate_records() -> None:
@@ -107,7 +140,7 @@ def test_walk_stops_include_loops() -> None:
         {("a.org", "TXT"): ["v=spf1 include:b.org -all"], ("b.org", "TXT"): ["v=spf1 include:a.org -all"]}
     )
     walk = p.walk_spf("a.org", loop)
-    assert any("too deep" in e for e in walk.errors)
+    assert walk.over_limit and walk.lookups == 11
 
 
 ZONE = {
@@ -503,3 +536,128 @@ def test_firewalld_list_all() -> None:
         "ssh",
     ]
     assert zone["ports"] == "8080/tcp" and zone["sources"] == ""
+
+
+# ---- SMTP replies, plaintext AUTH/LOGIN, addresses, untrusted text -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"250-PIPELINING\r\n", (250, True, b"PIPELINING")),
+        (b"250 OK\r\n", (250, False, b"OK")),
+        (b"220\r\n", (220, False, b"")),
+        (b"554 5.7.1 Relay access denied\n", (554, False, b"5.7.1 Relay access denied")),
+    ],
+)
+def test_parse_reply_line(line: bytes, expected: tuple[int, bool, bytes]) -> None:
+    assert p.parse_reply_line(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"XYZ nothing\r\n",
+        b"600 too high\r\n",
+        b"199 too low\r\n",
+        b"25 short\r\n",
+        b"2500 long\r\n",
+        b"250_x\r\n",
+        b"\r\n",
+    ],
+)
+def test_parse_reply_line_rejects_garbage(line: bytes) -> None:
+    with pytest.raises(p.ReplyError):
+        p.parse_reply_line(line)
+
+
+def test_parse_reply_line_requires_one_code_per_reply() -> None:
+    assert p.parse_reply_line(b"250 last\r\n", code=250) == (250, False, b"last")
+    with pytest.raises(p.ReplyError, match="from 250 to 554"):
+        p.parse_reply_line(b"554 other\r\n", code=250)
+
+
+def test_reply_error_quotes_escaped() -> None:
+    with pytest.raises(p.ReplyError) as info:
+        p.parse_reply_line(b"\x1b[2J\x00boom\r\n")
+    assert "\x1b" not in str(info.value) and "\\x1b" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (503, "pass"),
+        (530, "pass"),
+        (538, "pass"),
+        (502, "pass"),
+        (334, "fail"),
+        (235, "fail"),
+        (535, "fail"),
+        (454, "fail"),
+        (250, "fail"),
+    ],
+)
+def test_judge_plaintext_auth(code: int, status: str) -> None:
+    assert p.judge_plaintext_auth(code, "text")[0] == status
+
+
+@pytest.mark.parametrize(
+    ("typ", "text", "status"),
+    [
+        (
+            "NO",
+            "[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+            "pass",
+        ),
+        ("BAD", "Plaintext authentication disallowed", "pass"),
+        ("NO", "LOGIN requires TLS", "pass"),
+        ("NO", "[AUTHENTICATIONFAILED] Authentication failed.", "fail"),
+        ("NO", "Invalid credentials", "fail"),
+        ("OK", "Logged in", "fail"),
+        ("BAD", "Error in IMAP command", "fail"),
+    ],
+)
+def test_judge_plaintext_login(typ: str, text: str, status: str) -> None:
+    assert p.judge_plaintext_login(typ, text)[0] == status
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.77.0.5", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+    ],
+)
+def test_unsafe_address(address: str, kind: str) -> None:
+    assert kind in (p.unsafe_address(address) or "")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "192.0.2.1", "2001:db8::1", "172.16.0.1"])
+def test_safe_address(address: str) -> None:
+    assert p.unsafe_address(address) is None
+
+
+def test_clean_reason_escapes_and_truncates() -> None:
+    assert p.clean_reason("a\x1b]0;title\x07 b\x00\u202e [/]") == "a\\x1b]0;title\\x07 b\\x00\\u202e [/]"
+    long = p.clean_reason("x" * 5000)
+    assert len(long) <= p.MAX_REASON and long.endswith("more characters truncated]")
+    assert p.clean_reason(long) == long  # idempotent
+
+
+def test_clean_evidence_is_json_safe_and_capped() -> None:
+    import json
+
+    cleaned = p.clean_evidence({"banner": "220 \x1b[31mred\x00", "caps": ["A"] * 1000, "raw": b"\xff\x00"})
+    text = json.dumps(cleaned)
+    assert "\\u001b" not in text and "\\\\x1b" in text
+    assert len(cleaned["caps"]) == 200
+    big = p.clean_evidence(["y" * 3000] * 100)
+    assert isinstance(big, str) and "truncated" in big
