@@ -165,3 +165,22 @@ def test_vagrantfile_validates_offline(tmp_path: Path) -> None:
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "validated successfully" in proc.stdout
+
+
+def test_invalid_input_fails_in_validation_before_any_host_task() -> None:
+    """The collection's tests_invalid_input.yml: every bad input stops at an input check (runs on localhost)."""
+    playbook = apply_mod.COLLECTION_DIR / "tests" / "tests_invalid_input.yml"
+    proc = subprocess.run(
+        [apply_mod.ansible_playbook_path(), "-i", "localhost,", "-c", "local", str(playbook)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "ANSIBLE_COLLECTIONS_PATH": str(apply_mod.COLLECTIONS_DIR),
+            "ANSIBLE_NOCOLOR": "1",
+        },
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    recap = proc.stdout[proc.stdout.index("PLAY RECAP") :]
+    assert "failed=0" in recap and "rescued=8" in recap, recap
