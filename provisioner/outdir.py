@@ -172,6 +172,13 @@ def _write_file(root: Path, rel: str, text: str, made: set[Path]) -> None:
         os.fsync(handle.fileno())
 
 
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove directories this write created (deepest first), if still empty."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -188,10 +195,17 @@ def replace_tree(files: dict[str, str], out: Path, known: Iterable[str], label: 
     Refusals are UsageError naming `label`; a failure while writing leaves `out` as it was (exit 1).
     """
     target = check_out_dir(out, {*known, *files}, label)
+    missing: list[Path] = []  # parents this call creates, removed again if it fails
+    parent = target.parent
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        for directory in reversed(missing):
+            os.mkdir(directory)
         new = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{TEMP_MARK}new-"))
     except OSError as exc:
+        _remove_empty(missing)
         raise _fail(label, f"cannot create a directory beside {show(target)}: {exc.strerror}") from None
     old: Path | None = None
     try:
@@ -208,8 +222,13 @@ def replace_tree(files: dict[str, str], out: Path, known: Iterable[str], label: 
         for directory in (*sorted(made, key=lambda p: len(p.parts), reverse=True), new):
             _fsync_dir(directory)
         old = _swap_in(new, target)
+    except UnicodeError as exc:
+        shutil.rmtree(new, ignore_errors=True)
+        _remove_empty(missing)
+        raise RenderError(f"a rendered file is not UTF-8 text: {exc}") from None
     except OSError as exc:
         shutil.rmtree(new, ignore_errors=True)
+        _remove_empty(missing)
         if exc.errno == errno.EBUSY:  # a bind mount, which os.path.ismount does not see
             raise _fail(label, f"{show(target)} is a mount point") from None
         where = show(exc.filename) if exc.filename else show(target)
@@ -219,6 +238,7 @@ def replace_tree(files: dict[str, str], out: Path, known: Iterable[str], label: 
         ) from None
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
+        _remove_empty(missing)
         raise
     _fsync_dir(target.parent)
     if old is not None:

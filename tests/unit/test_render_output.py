@@ -329,3 +329,10 @@ def test_control_characters_in_out_stay_on_one_line(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         outdir.check_out_dir(out, [])
     assert "\n" not in str(err.value) and "--out" in str(err.value)
+
+
+def test_failed_write_removes_the_parents_it_made(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "build"
+    with pytest.raises(Exception, match="not UTF-8 text"):
+        outdir.replace_tree({"etc/postfix/main.cf": "lone surrogate \udc80\n"}, out, [])
+    assert list(tmp_path.iterdir()) == []
