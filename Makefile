@@ -3,7 +3,7 @@
 #   make test   - installs what the tests need, then runs lint and the whole test suite
 PYTHON ?= python3
 
-.PHONY: setup demo test lint unit integration e2e bench clean
+.PHONY: setup demo test lint unit integration e2e bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,9 @@ integration:
 
 e2e:
 	$(PYTHON) -m pytest -ra -v tests/e2e
+
+fuzz:
+	HYPOTHESIS_PROFILE=fuzz $(PYTHON) -m pytest -ra -q tests/unit/test_trust_properties.py
 
 bench:
 	$(PYTHON) benchmarks/render_scale.py
