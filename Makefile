@@ -36,6 +36,7 @@ fuzz:
 
 bench:
 	$(PYTHON) benchmarks/render_scale.py
+	$(PYTHON) benchmarks/hostile_specs.py
 	$(PYTHON) benchmarks/lab.py
 	$(PYTHON) benchmarks/apply.py
 	$(PYTHON) benchmarks/verify.py

@@ -28,9 +28,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from provisioner import inputfiles
 from provisioner.errors import SpecError
@@ -739,21 +736,22 @@ def _check_alias_graph(aliases: dict[str, list[str]], where: dict[str, tuple[int
 # ---------------------------------------------------------------- loading
 
 
-def _line_of(data: Any, loc: tuple[int | str, ...]) -> int | None:
-    """Best-effort 1-based line of the YAML node at `loc` (pydantic error location)."""
-    node = data
+def _line_of(root: Any, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort 1-based line of the YAML node at `loc` (pydantic error location) in a composed node tree."""
+    import yaml
+
+    node = root
     line: int | None = None
     for part in loc:
-        try:
-            if isinstance(node, CommentedMap) and part in node:
-                line = node.lc.key(part)[0] + 1
-                node = node[part]
-            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-                line = node.lc.item(part)[0] + 1
-                node = node[part]
-            else:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            match = next((pair for pair in node.value if getattr(pair[0], "value", None) == part), None)
+            if match is None:
                 break
-        except (KeyError, IndexError, TypeError, AttributeError):
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
             break
     return line
 
@@ -903,7 +901,7 @@ def from_data(
 
 
 #: Above this size the slow, position-keeping YAML parse for error line numbers is skipped.
-_LINE_LOOKUP_MAX = 2_000_000
+_LINE_LOOKUP_MAX = 8_000_000
 
 
 def _parse_fast(text: str) -> Any:
@@ -931,11 +929,17 @@ def no_control_repr(text: str) -> str:
 
 
 def _parse_with_positions(text: str) -> Any:
-    """Parse YAML keeping node positions, for error messages with line numbers (only after yaml-rs parsed it)."""
-    yaml = YAML(typ="rt")
+    """The YAML node tree with positions (libyaml's composer: fast, aliases not expanded), or None.
+
+    Only used to find an error's line after yaml-rs parsed the same text and the document passed the
+    structural checks, so its size and depth are already bounded.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text)
-    except (MarkedYAMLError, YAMLError, RecursionError):
+        return yaml.compose(text, Loader=loader)  # builds nodes only, constructs no objects
+    except (yaml.YAMLError, RecursionError, ValueError):
         return None
 
 
