@@ -147,3 +147,56 @@ def test_dead_resolver_fails_with_reason_and_exit_1(dead_resolver: str, tmp_path
     xml = out_file.read_text()
     assert xml.count("<failure") == 2 and "did not answer" in xml
     assert "dns.mx" in out  # the table is printed too
+
+
+def test_output_to_missing_directory_is_refused_before_the_run(tmp_path: Path) -> None:
+    code, out, err = invoke("127.0.0.1", "--only", "host.*", "--output", str(tmp_path / "no" / "r.json"))
+    assert code == 2 and err.count("\n") == 1 and "--output" in err and "does not exist" in err
+    assert out == ""  # nothing ran, nothing printed
+
+
+def test_output_to_a_directory_is_refused(tmp_path: Path) -> None:
+    code, _, err = invoke("127.0.0.1", "--only", "host.*", "--output", str(tmp_path))
+    assert code == 2 and "--output" in err and "directory" in err
+
+
+def test_output_symlink_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    link = tmp_path / "report.json"
+    link.symlink_to(target)
+    code, _, err = invoke("127.0.0.1", "--only", "host.*", "--format", "json", "--output", str(link))
+    assert code == 2 and "--output" in err and "symbolic link" in err
+    assert target.read_text() == "keep\n" and link.is_symlink()
+
+
+def test_output_written_atomically_and_replaces_a_file(tmp_path: Path) -> None:
+    out_file = tmp_path / "report.json"
+    out_file.write_text("old")
+    code, out, _ = invoke("127.0.0.1", "--only", "host.*", "--format", "json", "--output", str(out_file))
+    assert code == 0 and json.loads(out_file.read_text())["summary"]["skip"] == 10
+    assert "host.drift" in out  # the table still prints
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_late_output_error_keeps_the_report_on_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner.cli import verify as verify_cli
+
+    def broken(path: Path, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(verify_cli, "write_atomically", broken)
+    code, out, err = invoke(
+        "127.0.0.1", "--only", "host.*", "--format", "json", "--output", str(tmp_path / "r")
+    )
+    assert code == 2 and "--output" in err and "No space left" in err and "Traceback" not in err
+    assert json.loads(out)["summary"]["skip"] == 10
+
+
+def test_loopback_target_needs_allow_loopback() -> None:
+    code, out, _ = invoke("127.0.0.1", "--only", "smtp.port.25", "--format", "json", "--timeout", "2")
+    result = json.loads(out)["results"][0]
+    assert code == 1 and result["status"] == "fail" and "--allow-loopback" in result["reason"]
+    assert "--allow-loopback" in runner.invoke(app, ["verify", "--help"]).stdout

@@ -297,3 +297,31 @@ def test_table_lists_every_check_and_counts() -> None:
     for check_id in ("dns.mx", "dns.dmarc", "smtp.open_relay", "host.drift"):
         assert check_id in text
     assert "1 pass, 1 warn, 1 fail, 1 skip" in text
+
+
+HOSTILE = "[/] [link=http://evil.test]x[/link] \x1b]0;title\x07\x1b[2J\x00 \ud800 end"
+
+
+def test_untrusted_text_stays_text_in_every_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from provisioner.checks.report import print_table
+    from provisioner.checks.runner import clean
+
+    raw = Result("smtp.banner", "fail", HOSTILE + " x" * 5000, {"banner": HOSTILE, "bytes": b"\x00\xff"})
+    report = Report("mail.example.org", [clean(raw)], 0.1)
+    reason = report.results[0].reason
+    assert "\x1b" not in reason and "\\x1b" in reason and len(reason) <= 1000 and "truncated" in reason
+    text = to_table(report, width=300)
+    assert "[/]" in text and "[link=http://evil.test]" in text  # literal, not markup
+    print_table(report)
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x00" not in printed and "[/]" in printed
+    root = ET.fromstring(to_junit(report).split("\n", 1)[1])  # well-formed
+    assert "\\x1b" in root.find(".//failure").get("message", "")  # type: ignore[union-attr]
+    data = json.loads(to_json(report))
+    assert data["results"][0]["evidence"]["banner"].startswith("[/]")
+
+
+def test_junit_replaces_characters_xml_cannot_hold() -> None:
+    report = Report("mail.example.org", [Result("dns.mx", "fail", "bad \x00 \x1b \x0b", "\x07")], 0.1)
+    root = ET.fromstring(to_junit(report).split("\n", 1)[1])
+    assert root.find(".//failure") is not None
