@@ -348,11 +348,14 @@ def extra_vars(
     spec_file: Path | None = None,
     append: Mapping[str, str] | None = None,
     run_id: str | None = None,
+    serial: int | None = None,
 ) -> dict[str, Any]:
-    """The playbook's extra variables: the spec file (all hosts), test appends, the run's timestamp."""
+    """The playbook's extra variables: the spec file (all hosts), test appends, batch size, the run's timestamp."""
     data: dict[str, Any] = {}
     if spec_file is not None:
         data["mailprov_spec_file"] = str(spec_file)
+    if serial:
+        data["mailprov_serial"] = serial
     if append:
         data["__mailprov_append"] = dict(append)
     data["mailprov_run_id"] = run_id or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -580,6 +583,8 @@ class ApplyRequest:
     build_dir: Path | None = None
     #: Tests only: text appended to rendered files (relative path -> text), see `role_input`.
     append: dict[str, str] = field(default_factory=dict)
+    #: Converge this many hosts at a time (rolling; None: all at once).
+    serial: int | None = None
 
 
 def _stream(proc: subprocess.Popen[str]) -> Iterator[str]:
@@ -612,7 +617,7 @@ def prepare(request: ApplyRequest, root: Path) -> tuple[list[str], Path]:
             overlay["all"]["vars"] = {"mailprov_spec_file": str(default_file)}
             default_file = None
         inventories.append(str(_write_private(root / "hosts.yml", json.dumps(overlay, indent=1))))
-    variables = extra_vars(default_file, request.append)
+    variables = extra_vars(default_file, request.append, serial=request.serial)
     vars_file = _write_private(root / "extra-vars.json", json.dumps(variables, indent=1))
     if request.build_dir is not None:
         for name, spec in [("default", request.spec), *request.host_specs.items()]:

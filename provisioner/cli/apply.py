@@ -111,6 +111,12 @@ def apply_cmd(
     ),
     limit: str = typer.Option(None, "--limit", help="Only these hosts (Ansible pattern, e.g. mx1,mx2)."),
     fmt: RecapFormat = typer.Option(RecapFormat.table, "--format", help="Recap format: table or json."),
+    serial: int = typer.Option(
+        None,
+        "--serial",
+        min=1,
+        help="Converge this many hosts at a time (rolling: with 1, the other MX hosts accept mail meanwhile).",
+    ),
     build_dir: Path = typer.Option(
         None, "--build-dir", help="Keep the rendered plans here (default: a temporary directory)."
     ),
@@ -122,6 +128,9 @@ def apply_cmd(
     1 a host failed or was unreachable, 2 bad input. JSON recap (--format json):
     {"hosts": {"NAME": {"ok": N, "changed": N, "failed": N, "unreachable": N, "files_changed": [...]}}}
 
+    Fleets: a host's inventory variable mailprov_hostname says which server of the spec it is (its hostname,
+    the default, or one of backup_mx); --serial 1 converges one host at a time.
+
     Example: mailprov apply mail.yml -i inventory.ini --check --diff
     """
     from provisioner import apply as apply_mod
@@ -130,7 +139,13 @@ def apply_cmd(
     model = spec_mod.load(spec_file)
     progress_console = Console(stderr=True, highlight=False)
     request = apply_mod.ApplyRequest(
-        inventory=inventory, spec=model, check=check, diff=diff, limit=limit, build_dir=build_dir
+        inventory=inventory,
+        spec=model,
+        check=check,
+        diff=diff,
+        limit=limit,
+        build_dir=build_dir,
+        serial=serial,
     )
     result = apply_mod.run(request, on_event=Progress(progress_console, diff))
     if result.bad_input:

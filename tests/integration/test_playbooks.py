@@ -184,3 +184,28 @@ def test_invalid_input_fails_in_validation_before_any_host_task() -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     recap = proc.stdout[proc.stdout.index("PLAY RECAP") :]
     assert "failed=0" in recap and "rescued=8" in recap, recap
+
+
+def test_execution_environment_definition_builds_a_context(tmp_path: Path) -> None:
+    builder = shutil.which("ansible-builder") or str(Path(sys.executable).parent / "ansible-builder")
+    if not Path(builder).exists():
+        pytest.skip("ansible-builder is not installed (pip install ansible-builder)")
+    proc = subprocess.run(
+        [
+            builder,
+            "create",
+            "-f",
+            str(PROJECT_ROOT / "execution-environment.yml"),
+            "-c",
+            str(tmp_path / "ctx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    context = tmp_path / "ctx" / "_build" / "mailprov"
+    assert (context / "collections/ansible_collections/mailprov/mail/galaxy.yml").is_file()
+    assert (context / "provisioner/render.py").is_file() and (context / "templates").is_dir()
+    containerfile = next((tmp_path / "ctx").glob("[CD]*file")).read_text()
+    assert "pip install --no-cache-dir -e /opt/mailprov" in containerfile

@@ -119,6 +119,7 @@ def test_extra_vars() -> None:
         "mailprov_run_id": "R1",
     }
     assert set(apply_mod.extra_vars()) == {"mailprov_run_id"}
+    assert apply_mod.extra_vars(serial=1)["mailprov_serial"] == 1
 
 
 def test_host_inventory_gives_hosts_their_own_spec() -> None:
