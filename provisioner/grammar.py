@@ -38,6 +38,8 @@ MAX_INT = 2**53
 
 def no_control(text: str, what: str = "value") -> str:
     """Refuse any control character (line breaks, tabs, NUL, ESC, ...) in text."""
+    if text.isascii() and text.isprintable():  # the common case, decided in C
+        return text
     match = _CONTROL_RE.search(text)
     if match:
         raise ValueError(

@@ -825,6 +825,51 @@ def check_document(data: Any, budget: int) -> None:
     control characters (line breaks, tabs, NUL, ESC) in any key or string anywhere.
     Raises SpecError naming the field; structural ones carry no location (they are not looked up again).
     """
+    if _looks_clean(data, budget):
+        return
+    _locate_problem(data, budget)
+
+
+def _fine(text: str) -> bool:
+    return len(text) <= STRING_MAX and (text.isprintable() or _control_free(text))
+
+
+def _control_free(text: str) -> bool:
+    try:
+        no_control(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_clean(data: Any, budget: int) -> bool:
+    """The fast pass: True when nothing is wrong (no location bookkeeping)."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    push, pop = stack.append, stack.pop
+    while stack:
+        node, depth = pop()
+        count += 1
+        if count > budget or depth > YAML_DEPTH_MAX:
+            return False
+        if isinstance(node, str):
+            if not _fine(node):
+                return False
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str) or not _fine(key):
+                    return False
+                push((value, depth + 1))
+        elif isinstance(node, list):
+            for value in node:
+                push((value, depth + 1))
+        elif node is not None and not isinstance(node, bool | int | float):
+            return False
+    return True
+
+
+def _locate_problem(data: Any, budget: int) -> None:
+    """The slow pass, run only when the fast one found something: raise naming where."""
     count = 0
     stack: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
     while stack:
@@ -853,9 +898,7 @@ def check_document(data: Any, budget: int) -> None:
         elif isinstance(node, str):
             _check_string(node, loc, "value")
         elif node is not None and not isinstance(node, bool | int | float):
-            raise _error(
-                loc, f"unexpected {type(node).__name__} value; expected text, a number or true/false"
-            )
+            raise _error(loc, f"unexpected {type(node).__name__} value; expected text, a number or true/false")
 
 
 def _check_string(text: str, loc: tuple[int | str, ...], what: str) -> None:
