@@ -17,10 +17,10 @@ from pathlib import Path
 
 import jinja2
 
-from provisioner import TEMPLATES_DIR, outdir
+from provisioner import TEMPLATES_DIR, outdir, renderguard
 from provisioner.errors import RenderError
 from provisioner.profiles import Profile
-from provisioner.spec import Spec, format_size, paused_gc
+from provisioner.spec import Mailbox, Spec, format_size, paused_gc
 
 HEADER = "Managed by mailprov: local changes are overwritten on the next apply."
 VMAIL_USER = "vmail"
@@ -71,12 +71,13 @@ def template_names() -> list[str]:
     return sorted(str(p.relative_to(TEMPLATES_DIR)) for p in TEMPLATES_DIR.rglob("*.j2") if p.is_file())
 
 
+def dovecot_user_extra(box: Mailbox) -> str:
+    """The extra-fields column of a mailbox's passwd-file line (its quota rule, or nothing)."""
+    return f"userdb_quota_rule=*:storage={format_size(box.quota)}" if box.quota else ""
+
+
 def _dovecot_users(spec: Spec) -> list[str]:
-    lines = []
-    for box in spec.mailboxes:
-        extra = f"userdb_quota_rule=*:storage={format_size(box.quota)}" if box.quota else ""
-        lines.append(f"{box.address}:{box.password_hash}::::::{extra}")
-    return lines
+    return [f"{box.address}:{box.password_hash}::::::{dovecot_user_extra(box)}" for box in spec.mailboxes]
 
 
 def context(spec: Spec, profile: Profile) -> dict[str, object]:
@@ -115,6 +116,7 @@ def render(spec: Spec, profile: Profile) -> dict[str, str]:
                 out[name.removesuffix(".j2")] = env.get_template(name).render(ctx)
             except jinja2.TemplateError as exc:
                 raise RenderError(f"template {name}: {exc}") from exc
+        renderguard.check_rendered(out, spec, profile)
     return out
 
 
