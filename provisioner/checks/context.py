@@ -275,7 +275,7 @@ class _SMTP(smtplib.SMTP):
         if extra:
             self.close()
             raise ProtocolError(
-                f"protocol error: the server sent data out of turn ({shown_bytes(extra)!r}): replies would shift"
+                f"protocol error: the server sent data out of turn ('{shown_bytes(extra)}'): replies would shift"
             )
 
     def send(self, s: Any) -> None:

@@ -537,7 +537,7 @@ class ReplyError(ValueError):
 
 def shown_bytes(data: bytes, limit: int = 60) -> str:
     """Server bytes for a reason: decoded, control characters escaped, cut at limit characters."""
-    text = escape_text(data.decode("utf-8", "replace"))
+    text = escape_text(data.decode("utf-8", "replace").rstrip("\r\n"))
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -550,7 +550,7 @@ def parse_reply_line(line: bytes, code: int | None = None) -> tuple[int, bool, b
     body = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
     match = _REPLY_LINE.match(body)
     if not match:
-        raise ReplyError(f"malformed SMTP reply {shown_bytes(body)!r} (expected a 2xx-5xx code)")
+        raise ReplyError(f"malformed SMTP reply '{shown_bytes(body)}' (expected a 2xx-5xx code)")
     value = int(match.group(1))
     if code is not None and value != code:
         raise ReplyError(f"multi-line reply changes its code from {code} to {value}")
