@@ -62,7 +62,9 @@ def dkim_public_key_b64(path: Path) -> str:
 
 def mta_sts_policy(spec: Spec) -> str:
     """The MTA-STS policy file (served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt)."""
-    return f"version: STSv1\nmode: testing\nmx: {spec.hostname}\nmax_age: 86400\n"
+    # Every MX (primary and backups) must be listed, or senders enforcing the policy refuse the backups.
+    mx_lines = "".join(f"mx: {host}\n" for _, host in spec.mx_hosts)
+    return f"version: STSv1\nmode: testing\n{mx_lines}max_age: 86400\n"
 
 
 def mta_sts_id(spec: Spec) -> str:
@@ -115,11 +117,15 @@ def records(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> lis
         out.append(Record(host, "A", ipv4))
     if ipv6:
         out.append(Record(host, "AAAA", ipv6))
-    # The HELO name gets its own SPF so that bounces (empty MAIL FROM) are authorised too.
-    out.append(Record(host, "TXT", "v=spf1 a -all"))
+    # Each server's HELO name gets its own SPF so that bounces (empty MAIL FROM) are authorised too.
+    mx_hosts = spec.mx_hosts
+    for _, server in mx_hosts:
+        out.append(Record(server, "TXT", "v=spf1 a -all"))
     dkim_key = spec.dkim.public_key_b64
     for domain in spec.domain_names:
-        out.append(Record(domain, "MX", f"10 {host}"))
+        # MX 10 for the primary (hostname), then 20, 30, ... for the backup_mx hosts, in spec order.
+        for preference, server in mx_hosts:
+            out.append(Record(domain, "MX", f"{preference} {server}"))
         out.append(Record(domain, "TXT", "v=spf1 mx -all"))
         rua = spec.dns.dmarc_rua or f"postmaster@{domain}"
         out.append(
@@ -144,6 +150,8 @@ def advice(spec: Spec, ipv4: str | None, ipv6: str | None) -> list[str]:
     notes = []
     if not (ipv4 or ipv6):
         notes.append(f"publish an A (and AAAA) record for {spec.hostname}: pass --ip ADDR to include it")
+    for _, backup in spec.mx_hosts[1:]:
+        notes.append(f"publish A (and AAAA) and PTR records for the backup MX {backup}")
     for addr in (ipv4, ipv6):
         if addr:
             notes.append(
