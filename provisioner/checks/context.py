@@ -417,6 +417,8 @@ class Context:
         self.selected: set[str] = set()
         #: Set once smtp.roundtrip has logged in, so wrong-password attempts come after it.
         self.roundtrip_logged_in = threading.Event()
+        #: Set once smtp.sender_ownership has done its logins (same reason).
+        self.sender_checked = threading.Event()
 
     # ---- memo -------------------------------------------------------------------------------------
 

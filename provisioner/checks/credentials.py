@@ -260,6 +260,8 @@ def _logins(ctx: Context) -> dict[str, Outcome]:
     good = dict(zip(keys, bounded.parallel(lambda k: _attempt(ctx, k, password), keys), strict=True))
     if "smtp.roundtrip" in ctx.selected:
         ctx.roundtrip_logged_in.wait(bounded.time_left(ctx.io_timeout))
+    if "smtp.sender_ownership" in ctx.selected:
+        ctx.sender_checked.wait(bounded.time_left(ctx.io_timeout))
     bad = _send_all({k: _ready(task) for k, task in ready.items()}, WRONG_PASSWORD)
     return {**good, **{f"wrong:{k}": v for k, v in bad.items()}}
 

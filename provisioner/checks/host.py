@@ -8,6 +8,8 @@ The same functions run inside pytest through provisioner/checks/test_mailprov_ho
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import profiles
-from provisioner.checks.base import Result, Skip, Status, aggregate, check
+from provisioner.checks.base import CATALOG, Result, Skip, Status, aggregate, check
 from provisioner.checks.context import Context
 from provisioner.checks.parsers import (
     HIDDEN,
@@ -85,9 +87,74 @@ def ssh_host(
         shutil.rmtree(control_dir, ignore_errors=True)
 
 
+class HostUnreachable(Exception):
+    """SSH to the host failed: one clear reason for every host check of the run."""
+
+
+def ssh_failure(stderr: str, target: str) -> str:
+    """One line saying why SSH failed and what to pass, from ssh's stderr (exit 255)."""
+    text = " ".join(stderr.split())
+    lowered = text.lower()
+    if "host key verification failed" in lowered or "host identification has changed" in lowered:
+        return (
+            f"SSH to {target}: the host key is unknown or changed; add it to known_hosts, or pass "
+            "--ssh-config with StrictHostKeyChecking accept-new (or a UserKnownHostsFile that has it)"
+        )
+    if "permission denied" in lowered or "too many authentication failures" in lowered:
+        return (
+            f"SSH to {target}: authentication refused; pass --ssh-key with a key the host accepts "
+            "(BatchMode: no password prompt)"
+        )
+    for marker in (
+        "connection refused",
+        "timed out",
+        "no route to host",
+        "could not resolve",
+        "network is unreachable",
+        "connection closed",
+    ):
+        if marker in lowered:
+            return f"SSH to {target}: unreachable ({marker}); check --ssh USER@HOST[:PORT] and the network"
+    first = next((line.strip() for line in stderr.splitlines() if line.strip()), "no message")
+    return f"SSH to {target} failed: {first}"
+
+
+def _target(ctx: Context) -> str:
+    spec = getattr(getattr(ctx.host, "backend", None), "host", None)
+    name = getattr(spec, "name", None)
+    user = getattr(spec, "user", None)
+    if name:
+        return f"{user}@{name}" if user else str(name)
+    return "the host"
+
+
 def _warm(ctx: Context) -> None:
-    """Open the SSH connection once before the checks' commands race to do it (the master is shared)."""
-    ctx.memo("host_warm", lambda: ctx.host.run("true"))
+    """Open the SSH connection once before the checks' commands race to do it (the master is shared).
+
+    Raises HostUnreachable when SSH itself fails (exit 255), so every host check says why in one line.
+    """
+
+    def connect() -> Any:
+        try:
+            out = ctx.host.run("true")
+        except Exception as exc:
+            raise HostUnreachable(ssh_failure(str(exc), _target(ctx))) from None
+        if out.rc == 255:
+            raise HostUnreachable(ssh_failure(out.stderr or out.stdout or "", _target(ctx)))
+        return out
+
+    ctx.memo("host_warm", connect)
+
+
+def _guard(fn: Any) -> Any:
+    """Run a host check only after SSH works (else its one-line reason)."""
+
+    @functools.wraps(fn)
+    def guarded(ctx: Context) -> Result:
+        _warm(ctx)
+        return fn(ctx)  # type: ignore[no-any-return]
+
+    return guarded
 
 
 def host_family(distribution: str) -> str | None:
@@ -361,3 +428,9 @@ def drift(ctx: Context) -> Result:
             "host.drift", "fail", f"{len(differences)} difference(s); first: {differences[0]}", differences
         )
     return Result("host.drift", "pass", f"live config matches the {profile.name} rendering")
+
+
+# Every host check first needs SSH to work: one clear reason per run instead of a command result's repr.
+for _id, _check in list(CATALOG.items()):
+    if _check.area == "host":
+        CATALOG[_id] = dataclasses.replace(_check, fn=_guard(_check.fn))

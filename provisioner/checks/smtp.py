@@ -16,7 +16,7 @@ import time
 from email.message import EmailMessage
 
 from provisioner.checks.base import Result, Skip, Status, aggregate, check
-from provisioner.checks.context import SMTP_PORTS, Context, client_context, close_imap, describe
+from provisioner.checks.context import _SMTP, SMTP_PORTS, Context, client_context, close_imap, describe
 from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, imap_connect, logins, submission_ports
 from provisioner.checks.parsers import (
     LookupFailed,
@@ -257,11 +257,14 @@ def postmaster(ctx: Context) -> Result:
     return aggregate("smtp.postmaster", parts)
 
 
-@check("smtp.unknown_user", "Unknown recipients refused at RCPT time", needs=("net", "spec"))
+@check("smtp.unknown_user", "Unknown recipients refused at RCPT time", needs=("net",))
 def unknown_user(ctx: Context) -> Result:
-    """RCPT TO a nonexistent local user is refused at RCPT time (no backscatter)."""
-    assert ctx.spec is not None
-    catch_all = {d.name for d in ctx.spec.domains if d.catch_all}
+    """RCPT TO a nonexistent local user is refused at RCPT time (no backscatter).
+
+    Without a spec an acceptance is a warning (a catch-all, or backscatter); with one, a failure unless
+    the spec gives that domain a catch-all (then the domain is not probed).
+    """
+    catch_all = {d.name for d in ctx.spec.domains if d.catch_all} if ctx.spec is not None else set()
     _session(ctx, 25)
     parts: dict[str, tuple[Status, str]] = {}
     for domain in _mail_domains(ctx):
@@ -270,7 +273,9 @@ def unknown_user(ctx: Context) -> Result:
         rcpt = f"mailprov-no-such-user-{ctx.token}@{domain}"
         code, msg = _rcpt(ctx, rcpt)
         verdict = reply_class(code)
-        if verdict == "accepted":
+        if verdict == "accepted" and ctx.spec is None:
+            parts[domain] = ("warn", f"accepted at RCPT time ({code} {msg}): a catch-all, or backscatter")
+        elif verdict == "accepted":
             parts[domain] = ("fail", f"accepted at RCPT time ({code} {msg}): bounces would be backscatter")
         elif verdict == "deferred":
             parts[domain] = ("warn", f"deferred, not refused: {code} {msg}")
@@ -359,3 +364,188 @@ def _roundtrip(ctx: Context, user: str) -> Result:
     finally:
         with contextlib.suppress(OSError, imaplib.IMAP4.error, ssl.SSLError):
             close_imap(imap)
+
+
+# ---- sender forgery and HELO hygiene (shared/checks.md, trust work) ---------------------------------
+
+
+def _envelope(client: _SMTP, sender: str, recipient: str) -> tuple[str, str]:
+    """MAIL FROM sender, RCPT TO recipient, RSET: ('accepted'|'deferred'|'refused', the deciding reply)."""
+    code, msg = client.mail(sender)
+    if reply_class(code) != "accepted":
+        client.rset()
+        return reply_class(code), f"MAIL FROM:<{sender}> -> {code} {text_of(msg)}"
+    code, msg = client.rcpt(recipient)
+    client.rset()
+    return reply_class(code), f"MAIL FROM:<{sender}>, RCPT TO:<{recipient}> -> {code} {text_of(msg)}"
+
+
+def _not_owned(ctx: Context, user: str) -> str | None:
+    """Another real mailbox of the spec that the test user may not send as, or None."""
+    if ctx.spec is None:
+        return None
+    owners = getattr(ctx.spec, "sender_owners", {}) or {}
+    for box in ctx.spec.mailboxes:
+        address = box.address
+        domain = address.rsplit("@", 1)[-1]
+        if address == user or user in owners.get(address, []) or user in owners.get(f"@{domain}", []):
+            continue
+        return str(address)
+    return None
+
+
+@check(
+    "smtp.sender_ownership",
+    "Authenticated users send only as themselves",
+    needs=("net", "creds"),
+    severity="high",
+    timeout_scale=AUTH_TIMEOUT_SCALE,
+)
+def sender_ownership(ctx: Context) -> Result:
+    """After AUTH on 587/465, MAIL FROM an address the user does not own is refused before DATA."""
+    try:
+        return _sender_ownership(ctx)
+    finally:
+        ctx.sender_checked.set()
+
+
+def _sender_ownership(ctx: Context) -> Result:
+    user = ctx.options.user or ""
+    ports = submission_ports(ctx)
+    if not ports:
+        raise Skip("no submission port (587, 465) answers")
+    domain = user.rsplit("@", 1)[-1]
+    forged = {
+        "made-up address in the user's domain": f"mailprov-verify-not-yours-{ctx.token}@{domain}",
+        "foreign address": f"mailprov-verify-not-yours-{ctx.token}@example.net",
+    }
+    other = _not_owned(ctx, user)
+    if other is not None:
+        forged["another mailbox"] = other
+    parts: dict[str, tuple[Status, str]] = {}
+    evidence: dict[str, str] = {}
+    for port in ports:
+        try:
+            client = ctx.smtp_client(port)
+        except (OSError, smtplib.SMTPException, LookupFailed) as exc:
+            parts[f"port {port}"] = ("fail", f"no session: {describe(exc)}")
+            continue
+        try:
+            if port != 465:
+                client.starttls(context=client_context())
+                client.ehlo()
+            client.login(user, ctx.options.password or "")
+            verdict, reply = _envelope(client, user, user)
+            evidence[f"{port} own"] = reply
+            if verdict != "accepted":
+                parts[f"port {port}"] = (
+                    "fail",
+                    f"could not confirm: even the user's own address is not accepted ({reply})",
+                )
+                continue
+            for label, sender in forged.items():
+                verdict, reply = _envelope(client, sender, user)
+                evidence[f"{port} {label}"] = reply
+                name = f"port {port} {label}"
+                if verdict == "accepted":
+                    parts[name] = ("fail", f"accepted: {reply}")
+                elif verdict == "deferred":
+                    parts[name] = ("warn", f"deferred, not refused: {reply}")
+                else:
+                    parts[name] = ("pass", f"refused ({reply})")
+        except (OSError, smtplib.SMTPException) as exc:
+            parts[f"port {port}"] = ("fail", f"error: {describe(exc)}")
+        finally:
+            client.quit_quietly()
+    return aggregate("smtp.sender_ownership", parts, evidence)
+
+
+@check("smtp.spoof_local_sender", "No outside mail from our own addresses", needs=("net",))
+def spoof_local_sender(ctx: Context) -> Result:
+    """Unauthenticated on 25, MAIL FROM one of the domain's own addresses to a local recipient is refused."""
+    _session(ctx, 25)
+    protected = None
+    if ctx.spec is not None:
+        inbound = getattr(ctx.spec, "inbound", None)
+        protected = getattr(inbound, "reject_own_senders", True)
+    parts: dict[str, tuple[Status, str]] = {}
+    for domain in _mail_domains(ctx):
+        own = [b.address for b in ctx.spec.mailboxes if b.address.endswith("@" + domain)] if ctx.spec else []
+        sender = own[0] if own else f"postmaster@{domain}"
+        client = ctx.smtp_client(25)
+        try:
+            verdict, reply = _envelope(client, sender, f"postmaster@{domain}")
+        finally:
+            client.quit_quietly()
+        if verdict == "refused":
+            control, control_reply = _control_envelope(ctx, f"postmaster@{domain}")
+            if control == "accepted":
+                parts[domain] = ("pass", f"refused ({reply})")
+            else:
+                parts[domain] = (
+                    "warn",
+                    f"could not confirm: postmaster@{domain} is not accepted from an outside sender either ({control_reply})",
+                )
+        elif verdict == "deferred":
+            parts[domain] = ("warn", f"deferred, not refused: {reply}")
+        elif protected is None:
+            parts[domain] = (
+                "warn",
+                f"accepted from outside: {reply} (forged own sender; no spec says whether that is wanted)",
+            )
+        elif protected:
+            parts[domain] = ("fail", f"accepted from outside: {reply}")
+        else:
+            parts[domain] = (
+                "pass",
+                f"accepted, as the spec allows (inbound.reject_own_senders: false): {reply}",
+            )
+    return aggregate("smtp.spoof_local_sender", parts)
+
+
+@check("smtp.helo_own_name", "EHLO with our own name refused", needs=("net",))
+def helo_own_name(ctx: Context) -> Result:
+    """EHLO on 25 with the server's own host name is refused (at EHLO, MAIL or RCPT); accepted = warn."""
+    _session(ctx, 25)
+    name = ctx.hostname() or ctx.smtp(25).banner_name
+    if not name:
+        raise Skip("the server's own name is unknown: pass --spec or a host name as TARGET")
+    domain = _mail_domains(ctx)[0]
+    recipient = f"postmaster@{domain}"
+    client = _SMTP(timeout=ctx.io_timeout)
+    client.sni = ctx.sni()
+    try:
+        code, msg = client.connect(ctx.address(), 25)
+        if code != 220:
+            return Result("smtp.helo_own_name", "fail", f"no 220 greeting: {code} {text_of(msg)}")
+        code, msg = client.ehlo(name)
+        if reply_class(code) == "refused":
+            return Result("smtp.helo_own_name", "pass", f"EHLO {name} refused ({code} {text_of(msg)})")
+        if code != 250:
+            return Result("smtp.helo_own_name", "warn", f"EHLO {name} -> {code} {text_of(msg)}")
+        verdict, reply = _envelope(client, RELAY_SENDER, recipient)
+    finally:
+        client.quit_quietly()
+    evidence = f"EHLO {name}; {reply}"
+    if verdict == "accepted":
+        return Result("smtp.helo_own_name", "warn", f"EHLO {name} accepted: {reply}", evidence)
+    control, control_reply = _control_envelope(ctx, recipient)
+    if control != "accepted":
+        return Result(
+            "smtp.helo_own_name",
+            "warn",
+            f"could not confirm: {recipient} is not accepted with an ordinary EHLO either ({control_reply})",
+            evidence,
+        )
+    if verdict == "deferred":
+        return Result("smtp.helo_own_name", "warn", f"EHLO {name}: deferred, not refused ({reply})", evidence)
+    return Result("smtp.helo_own_name", "pass", f"EHLO {name} refused ({reply})", evidence)
+
+
+def _control_envelope(ctx: Context, recipient: str) -> tuple[str, str]:
+    """The same envelope after an ordinary EHLO (verify's address literal)."""
+    client = ctx.smtp_client(25)
+    try:
+        return _envelope(client, RELAY_SENDER, recipient)
+    finally:
+        client.quit_quietly()

@@ -259,3 +259,98 @@ def cert_same(ctx: Context) -> Result:
             "tls.cert.same", "fail", f"served certificate differs from {', '.join(stale)}", evidence
         )
     return Result("tls.cert.same", "pass", reason + f", equal to {', '.join(files)}", evidence)
+
+
+# ---- cipher suites (trust work) ----------------------------------------------------------------------
+
+#: Ports where TLS is mandatory (implicit TLS or STARTTLS required): weak suites fail there, warn on 25.
+MANDATORY_TLS = (587, 465, 993, 995)
+#: Families OpenSSL 3 cannot offer at all (RC4, 3DES, EXPORT): this client cannot probe them either.
+UNPROBED = "RC4, 3DES and EXPORT suites are not probed (this OpenSSL has none)"
+_FAMILIES: dict[str, str] = {}
+
+
+def weak_families() -> dict[str, str]:
+    """Cipher strings per weak TLS 1.2 suite family this OpenSSL can offer: CBC, NULL, anonymous."""
+    if _FAMILIES:
+        return _FAMILIES
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    suites = [c for c in probe.get_ciphers() if c["protocol"] != "TLSv1.3"]
+    # PSK and SRP suites need a shared secret the client does not have: a server cannot pick them.
+    usable = [c for c in suites if c.get("auth") not in ("auth-psk", "auth-srp") and "PSK" not in c["name"]]
+    families = {
+        "CBC": [
+            c["name"]
+            for c in usable
+            if not c["aead"] and "cbc" in str(c.get("symmetric")) and c.get("auth") != "auth-null"
+        ],
+        "NULL": [
+            c["name"] for c in usable if c.get("symmetric") in (None, "None") and c.get("auth") != "auth-null"
+        ],
+        "anonymous": [c["name"] for c in usable if c.get("auth") == "auth-null"],
+    }
+    _FAMILIES.update({name: ":".join(names) for name, names in families.items() if names})
+    return _FAMILIES
+
+
+def family_context(ciphers: str) -> ssl.SSLContext:
+    """A client context offering only the given TLS 1.0-1.2 suites."""
+    import warnings
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    return bounded.bound_context(context)
+
+
+@_tls_check("tls.ciphers", "Mandatory-TLS ports offer AEAD suites only", severity="high")
+def ciphers(ctx: Context) -> Result:
+    """Per TLS port, CBC, NULL or anonymous suites are refused (mandatory-TLS ports: fail; port 25: warn)."""
+    infos, _ = _certs(ctx, "tls.ciphers")
+    families = weak_families()
+    jobs = [(port, family) for port in infos for family in families]
+
+    def probe(job: tuple[int, str]) -> tuple[int, str, str | None, str]:
+        port, family = job
+        try:
+            info = ctx.tls_handshake(port, family_context(families[family]))
+            return port, family, info.cipher, ""
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return port, family, None, ""  # refused: not offered
+        except Exception as exc:
+            return port, family, None, describe(exc)
+
+    outcomes = bounded.parallel(probe, jobs)
+    offered: dict[int, dict[str, str]] = {port: {} for port in infos}
+    unconfirmed: dict[int, list[str]] = {}
+    for port, family, cipher, error in outcomes:
+        if cipher:
+            offered[port][family] = cipher
+        elif error:
+            unconfirmed.setdefault(port, []).append(f"{family}: {error}")
+    parts: dict[str, tuple[Status, str]] = {}
+    for port in infos:
+        weak = offered[port]
+        shown = ", ".join(f"{family} ({cipher})" for family, cipher in weak.items())
+        if weak:
+            status: Status = "fail" if port in MANDATORY_TLS else "warn"
+            parts[f"port {port}"] = (status, f"offers {shown}")
+        elif port in unconfirmed:
+            parts[f"port {port}"] = ("fail", f"could not confirm the suites ({'; '.join(unconfirmed[port])})")
+        else:
+            parts[f"port {port}"] = (
+                "pass",
+                f"AEAD only: {', '.join(families)} refused; negotiated {infos[port].cipher}",
+            )
+    evidence = {
+        "offered": {str(p): w for p, w in offered.items()},
+        "negotiated": {str(p): i.cipher for p, i in infos.items()},
+        "note": UNPROBED,
+    }
+    return aggregate("tls.ciphers", parts, evidence)

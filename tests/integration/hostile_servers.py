@@ -194,10 +194,20 @@ class MailHost:
         else:
             conn.send("535 5.7.8 Error: authentication failed\r\n")
 
+    def mail(self, conn: Conn, arg: str) -> None:
+        """Answer MAIL FROM: our own addresses are refused from outside (no login on this fake)."""
+        sender = arg.split(":", 1)[-1].strip().strip("<>").lower()
+        if sender.endswith("@" + self.domain):
+            conn.send(f"553 5.7.1 <{sender}>: Sender address rejected: not logged in\r\n")
+        else:
+            conn.send("250 2.1.0 Ok\r\n")
+
     def rcpt(self, conn: Conn, arg: str) -> None:
         """Answer RCPT TO: postmaster accepted, unknown local users and other domains refused."""
         address = arg.split(":", 1)[-1].strip().strip("<>").lower()
-        if address == f"postmaster@{self.domain}":
+        if getattr(conn, "helo", "") == HOSTNAME:
+            conn.send("550 5.7.1 Helo command rejected: You are not me\r\n")
+        elif address == f"postmaster@{self.domain}":
             conn.send("250 2.1.5 Ok\r\n")
         elif address.endswith("@" + self.domain):
             conn.send(f"550 5.1.1 <{address}>: Recipient address rejected: User unknown\r\n")
@@ -214,6 +224,7 @@ class MailHost:
             verb, _, arg = line.decode("latin-1").partition(" ")
             verb = verb.upper()
             if verb in ("EHLO", "HELO"):
+                conn.helo = arg.strip().lower()  # type: ignore[attr-defined]
                 self.ehlo(conn, arg)
             elif verb == "STARTTLS" and not conn.tls and conn.port != 465:
                 conn.send("220 2.0.0 Ready to start TLS\r\n")
@@ -222,7 +233,7 @@ class MailHost:
             elif verb == "AUTH":
                 self.auth(conn, arg)
             elif verb == "MAIL":
-                conn.send("250 2.1.0 Ok\r\n")
+                self.mail(conn, arg)
             elif verb == "RCPT":
                 self.rcpt(conn, arg)
             elif verb in ("RSET", "NOOP"):
@@ -563,6 +574,7 @@ def server_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
     chain, key = ca.issue("hostile", HOSTNAME)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # AEAD only, like a well-configured server
     context.load_cert_chain(str(chain), str(key))
     return context, ca.path
 

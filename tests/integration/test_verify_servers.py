@@ -63,12 +63,12 @@ def _records(dkim_b64: str) -> list[Record]:
     ]
 
 
-def _spec(path: Path, hostname: str, domain: str, user: str, dkim: Path | None = None) -> Path:
+def _spec(path: Path, hostname: str, domain: str, users: list[str], dkim: Path | None = None) -> Path:
     dkim_line = f"dkim: {{selector: s1, public_key: {dkim}}}\n" if dkim else ""
+    boxes = "".join(f'      - address: {user}\n        password_hash: "{HASH}"\n' for user in users)
     path.write_text(
         f"hostname: {hostname}\n"
-        f"domains:\n  - name: {domain}\n    mailboxes:\n"
-        f'      - address: {user}\n        password_hash: "{HASH}"\n'
+        f"domains:\n  - name: {domain}\n    mailboxes:\n{boxes}"
         "submission: {starttls_587: true, implicit_tls_465: true}\n" + dkim_line
     )
     return path
@@ -101,7 +101,7 @@ def lab() -> Iterator[dict[str, Any]]:
             GOOD_IP,
             "mail.good.test",
             "good.test",
-            {"alice@good.test": PASSWORD},
+            {"alice@good.test": PASSWORD, "carol@good.test": PASSWORD},
             postfix_cert=good_cert,
             dovecot_cert=good_cert,
         )
@@ -119,6 +119,10 @@ def lab() -> Iterator[dict[str, Any]]:
             no_smtps=True,
             imap_plaintext=True,
             dovecot_tls1=True,
+            sender_forgery=True,
+            local_spoof=True,
+            own_helo=True,
+            weak_ciphers=True,
         )
         for server in (good, bad):
             server.root.mkdir()
@@ -134,9 +138,13 @@ def lab() -> Iterator[dict[str, Any]]:
             "good": good,
             "bad": bad,
             "good_spec": _spec(
-                root / "good.yml", "mail.good.test", "good.test", "alice@good.test", root / "dkim.pub"
+                root / "good.yml",
+                "mail.good.test",
+                "good.test",
+                ["alice@good.test", "carol@good.test"],
+                root / "dkim.pub",
             ),
-            "bad_spec": _spec(root / "bad.yml", "mail.bad.test", "bad.test", "bob@bad.test"),
+            "bad_spec": _spec(root / "bad.yml", "mail.bad.test", "bad.test", ["bob@bad.test"]),
             "password_file": password_file,
         }
     finally:
@@ -243,6 +251,9 @@ def test_good_server_evidence(good_report: tuple[int, dict[str, Any]]) -> None:
         ("dns.ptr", "fail", "no PTR"),
         ("smtp.unknown_user", "fail", "accepted at RCPT time"),
         ("smtp.port.465", "fail", "refused"),
+        ("smtp.spoof_local_sender", "fail", "accepted from outside"),
+        ("smtp.helo_own_name", "warn", "EHLO mail.bad.test accepted"),
+        ("tls.ciphers", "fail", "CBC"),
     ],
 )
 def test_bad_server_fault_caught(
@@ -340,3 +351,55 @@ def test_dead_target_finishes_with_reasons(lab: dict[str, Any], dead_resolver: s
         assert "did not answer" in results[check_id]["reason"], results[check_id]
     assert all(r["reason"] for r in report["results"])
     assert "Traceback" not in json.dumps(report)
+
+
+def test_good_server_refuses_forgery_and_weak_suites(good_report: tuple[int, dict[str, Any]]) -> None:
+    results = by_id(good_report[1])
+    ownership = results["smtp.sender_ownership"]["reason"]
+    for words in ("made-up address in the user's domain", "foreign address", "another mailbox", "port 465"):
+        assert words in ownership, ownership
+    assert "refused" in results["smtp.spoof_local_sender"]["reason"]
+    assert "refused" in results["smtp.helo_own_name"]["reason"]
+    assert "AEAD only" in results["tls.ciphers"]["reason"]
+
+
+def test_bad_server_lets_users_forge_senders(lab: dict[str, Any]) -> None:
+    code, report = verify(
+        "mail.bad.test",
+        "--spec",
+        str(lab["bad_spec"]),
+        "--resolver",
+        lab["resolver"],
+        "--ca",
+        str(lab["ca"]),
+        "--user",
+        "bob@bad.test",
+        "--password-file",
+        str(lab["password_file"]),
+        "--only",
+        "smtp.sender_ownership",
+        "--timeout",
+        "5",
+    )
+    (result,) = report["results"]
+    assert code == 1
+    assert result["status"] == "fail" and "accepted" in result["reason"], result
+    assert "foreign address" in result["reason"]
+
+
+def test_without_a_spec_unknown_user_and_spoofing_are_warnings(lab: dict[str, Any]) -> None:
+    common = ["--resolver", lab["resolver"], "--ca", str(lab["ca"]), "--timeout", "5"]
+    only = ["--only", "smtp.unknown_user,smtp.spoof_local_sender,smtp.helo_own_name"]
+    _, bad = verify("mail.bad.test", "--domain", "bad.test", *common, *only)
+    results = by_id(bad)
+    assert results["smtp.unknown_user"]["status"] == "warn"
+    assert "a catch-all, or backscatter" in results["smtp.unknown_user"]["reason"]
+    assert results["smtp.spoof_local_sender"]["status"] == "warn"
+    assert results["smtp.helo_own_name"]["status"] == "warn"
+    code, good = verify("mail.good.test", "--domain", "good.test", *common, *only)
+    assert code == 0
+    assert {r["id"]: r["status"] for r in good["results"]} == {
+        "smtp.unknown_user": "pass",
+        "smtp.spoof_local_sender": "pass",
+        "smtp.helo_own_name": "pass",
+    }

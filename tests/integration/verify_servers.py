@@ -180,7 +180,12 @@ class MailServer:
 
     Fault flags: open_relay, auth_before_tls (AUTH offered on 25/587 before STARTTLS), accept_unknown
     (unknown recipients accepted at RCPT time), no_smtps (nothing on 465), imap_plaintext (plaintext
-    login before STARTTLS), dovecot_tls1 (TLS 1.0 accepted on 993/995). Certificates are given per daemon.
+    login before STARTTLS), dovecot_tls1 (TLS 1.0 accepted on 993/995), sender_forgery (authenticated
+    users may use any envelope sender), local_spoof (outside mail from our own addresses accepted on 25),
+    own_helo (EHLO with our own name accepted on 25), weak_ciphers (CBC suites on every TLS port).
+    Without faults the protections are configured the way an admin would by hand: smtpd_sender_login_maps
+    with reject_sender_login_mismatch, check_helo_access, and AEAD-only cipher lists.
+    Certificates are given per daemon.
     """
 
     root: Path
@@ -196,6 +201,10 @@ class MailServer:
     no_smtps: bool = False
     imap_plaintext: bool = False
     dovecot_tls1: bool = False
+    sender_forgery: bool = False
+    local_spoof: bool = False
+    own_helo: bool = False
+    weak_ciphers: bool = False
     started: list[str] = field(default_factory=list)
 
     @property
@@ -267,7 +276,34 @@ class MailServer:
             ]
         if self.accept_unknown:
             lines.append("smtpd_reject_unlisted_recipient = no")
+        first = next(iter(self.users))
+        senders = {user: user for user in self.users} | {f"postmaster@{self.domain}": first}
+        (self.conf / "senders").write_text("".join(f"{k} {v}\n" for k, v in senders.items()))
+        lines.append(f"smtpd_sender_login_maps = texthash:{self.conf}/senders")
+        if not self.local_spoof:
+            # Port 25 has no SASL, so reject_sender_login_mismatch does nothing there: a sender table does.
+            (self.conf / "own_senders").write_text("".join(f"{k} REJECT Not from outside\n" for k in senders))
+            lines.append(f"smtpd_sender_restrictions = check_sender_access texthash:{self.conf}/own_senders")
+        if not self.own_helo:
+            (self.conf / "helo").write_text(
+                f"{self.hostname} REJECT You are not me\n[{self.address}] REJECT You are not me\n"
+            )
+            lines += [
+                "smtpd_helo_required = yes",
+                f"smtpd_helo_restrictions = check_helo_access texthash:{self.conf}/helo",
+            ]
+        if not self.weak_ciphers:
+            lines += [
+                "tls_high_cipherlist = ECDHE+AESGCM:ECDHE+CHACHA20",
+                "smtpd_tls_ciphers = high",
+                "smtpd_tls_mandatory_ciphers = high",
+            ]
         (self.conf / "main.cf").write_text("\n".join(lines) + "\n")
+        submission_senders = (
+            "  -o smtpd_sender_restrictions="
+            if self.sender_forgery
+            else "  -o smtpd_sender_restrictions=reject_sender_login_mismatch"
+        )
         master = ["smtp      inet  n       -       n       -       -       smtpd"]
         master += [
             "submission inet n       -       n       -       -       smtpd",
@@ -275,6 +311,8 @@ class MailServer:
             "  -o smtpd_tls_security_level=encrypt",
             "  -o smtpd_sasl_auth_enable=yes",
             "  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+            submission_senders,
+            "  -o smtpd_helo_restrictions=",
         ]
         if not self.no_smtps:
             master += [
@@ -283,11 +321,12 @@ class MailServer:
                 "  -o smtpd_tls_wrappermode=yes",
                 "  -o smtpd_sasl_auth_enable=yes",
                 "  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+                submission_senders,
+                "  -o smtpd_helo_restrictions=",
             ]
         (self.conf / "master.cf").write_text("\n".join(master) + "\n" + _MASTER_CF_BASE)
         vmailbox = [f"{user} {user.split('@')[1]}/{user.split('@')[0]}/" for user in self.users]
         (self.conf / "vmailbox").write_text("\n".join(vmailbox) + "\n")
-        first = next(iter(self.users))
         (self.conf / "virtual").write_text(f"postmaster@{self.domain} {first}\n")
         self._write_dovecot()
 
@@ -300,6 +339,8 @@ class MailServer:
             if self.dovecot_tls1
             else ["ssl_min_protocol = TLSv1.2"]
         )
+        if not self.weak_ciphers and not self.dovecot_tls1:
+            ssl_lines += ["ssl_cipher_list = ECDHE+AESGCM:ECDHE+CHACHA20", "ssl_prefer_server_ciphers = yes"]
         text = f"""\
 # hand-written for a verify test
 base_dir = {self.root}/dovecot/run

@@ -45,12 +45,16 @@ CATALOG_IDS = [
     "smtp.unknown_user",
     "smtp.auth",
     "smtp.roundtrip",
+    "smtp.sender_ownership",
+    "smtp.spoof_local_sender",
+    "smtp.helo_own_name",
     "tls.versions",
     "tls.cert.name",
     "tls.cert.chain",
     "tls.cert.expiry",
     "tls.cert.key",
     "tls.cert.same",
+    "tls.ciphers",
     "imap.port.143",
     "imap.port.993",
     "imap.login_disabled",
@@ -79,7 +83,8 @@ def test_catalog_metadata() -> None:
     for check in CATALOG.values():
         assert check.title and check.fn.__doc__, check.id
         assert check.severity in ("high", "medium", "low")
-    assert CATALOG["smtp.unknown_user"].needs == ("net", "spec")
+    assert CATALOG["smtp.unknown_user"].needs == ("net",)  # runs without a spec (issue 9)
+    assert CATALOG["smtp.sender_ownership"].needs == ("net", "creds")
     assert CATALOG["smtp.roundtrip"].needs == ("net", "creds")
     assert CATALOG["dns.dkim"].needs == ("dns", "spec")
     assert CATALOG["host.drift"].needs == ("ssh", "spec")
@@ -325,3 +330,41 @@ def test_junit_replaces_characters_xml_cannot_hold() -> None:
     report = Report("mail.example.org", [Result("dns.mx", "fail", "bad \x00 \x1b \x0b", "\x07")], 0.1)
     root = ET.fromstring(to_junit(report).split("\n", 1)[1])
     assert root.find(".//failure") is not None
+
+
+class _Result:
+    def __init__(self, rc: int, stderr: str) -> None:
+        self.rc, self.stderr, self.stdout = rc, stderr, ""
+
+
+class _Host:
+    """A testinfra host whose SSH fails like ssh does (exit 255 and a message)."""
+
+    def __init__(self, stderr: str) -> None:
+        self.stderr = stderr
+        self.calls = 0
+
+    def run(self, cmd: str) -> _Result:
+        self.calls += 1
+        return _Result(255, self.stderr)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "words"),
+    [
+        ("Host key verification failed.\r\n", ["host key is unknown", "--ssh-config", "known_hosts"]),
+        ("root@10.0.0.5: Permission denied (publickey).\r\n", ["authentication refused", "--ssh-key"]),
+        ("ssh: connect to host 10.0.0.5 port 22: Connection refused\r\n", ["unreachable", "--ssh"]),
+        ("ssh: connect to host 10.0.0.5 port 22: Connection timed out\r\n", ["unreachable"]),
+    ],
+)
+def test_ssh_failure_is_one_clear_line_for_every_host_check(stderr: str, words: list[str]) -> None:
+    host = _Host(stderr)
+    ctx = Context(Options(target="mail.example.org", host=host, timeout=2))
+    report = run([c for c in ordered_catalog() if c.area == "host" and "spec" not in c.needs], ctx)
+    reasons = {r.reason for r in report.results}
+    assert len(reasons) == 1 and all(r.status == "fail" for r in report.results)
+    (reason,) = reasons
+    assert all(w in reason for w in words), reason
+    assert "CommandResult" not in reason and "\n" not in reason
+    assert host.calls == 1  # SSH tried once per run, not once per check
