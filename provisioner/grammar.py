@@ -228,6 +228,41 @@ def check_ip_list(items: Any, what: str = "IP address") -> list[str]:
     return out
 
 
+def check_network(value: Any, what: str = "network") -> str:
+    """An IP address or CIDR network (192.0.2.0/24, 2001:db8::/32) in canonical form, without zone ids."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address or network such as 192.0.2.0/24, got {_type_name(value)}")
+    text = text_value(value, what)
+    expected = f"expected an IP address or network such as 192.0.2.0/24, got {value!r}"
+    if "%" in text or len(text) > 64:
+        raise ValueError(expected)
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(expected) from None
+    return str(network)
+
+
+_DURATION_RE = re.compile(r"([1-9][0-9]{0,6})([smhdw]?)")
+
+
+def check_duration(value: Any, what: str = "duration") -> str:
+    """A duration as fail2ban reads it: seconds, or a number with s, m, h, d or w (10m, 1h, 2d)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a duration such as 600, 10m or 1h, got {_type_name(value)}")
+    text = str(value) if isinstance(value, int) else text_value(value, what)
+    if not _DURATION_RE.fullmatch(text):
+        raise ValueError(f"expected a duration such as 600, 10m or 1h, got {value!r}")
+    return text
+
+
+def check_sender_grant(value: Any) -> str:
+    """A send_as grant: an address, or @domain for every address of a domain."""
+    if isinstance(value, str) and value.strip().startswith("@"):
+        return "@" + check_domain(value.strip()[1:])
+    return check_address(value)
+
+
 def check_host(value: Any) -> str:
     """A host name or an IP address (relay hosts)."""
     text = text_value(value, "host")

@@ -10,6 +10,23 @@ from dataclasses import dataclass, field
 
 from provisioner.errors import UsageError
 
+#: Mozilla's "intermediate" TLS 1.2 suites (AEAD, forward secrecy; no CBC, CAMELLIA, ARIA, 3DES, RC4).
+MOZILLA_INTERMEDIATE = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+#: The RHEL crypto policy's suites without those whose MAC is SHA-1 or SHA-2 (that is, without CBC).
+EL_POLICY_AEAD = "PROFILE=SYSTEM:!SHA1:!SHA256:!SHA384"
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -31,9 +48,19 @@ class Profile:
     firewalld_services: dict[int, str] = field(default_factory=dict)
     #: SELinux-capable family: apply labels the mail store mail_spool_t.
     selinux: bool = False
-    #: Dovecot ssl_cipher_list: PROFILE=SYSTEM follows the RHEL crypto policy; '' keeps Dovecot's default.
-    dovecot_cipher_list: str = ""
+    #: TLS 1.2 suites where TLS is mandatory (Postfix 587/465 tls_high_cipherlist, every Dovecot port):
+    #: AEAD with forward secrecy only. Debian: Mozilla's "intermediate" list. EL: the system crypto policy
+    #: (PROFILE=SYSTEM) minus every suite with a SHA-1/SHA-2 MAC, i.e. minus CBC: the policy still decides
+    #: protocols, key sizes and which AEAD suites exist; TLS 1.3 suites are all AEAD.
+    tls_mandatory_ciphers: str = MOZILLA_INTERMEDIATE
     mta_alternative: str = ""
+    #: fail2ban (spec fail2ban.enabled): packages and how a ban is enforced. EL: EPEL's fail2ban with its
+    #: firewalld actions (firewalld is EL's host firewall); Debian: nftables, with or without firewalld.
+    fail2ban_packages: tuple[str, ...] = ("fail2ban", "python3-systemd", "nftables")
+    fail2ban_banaction: str = "nftables-multiport"
+    #: Debian 12's stock sshd jail reads /var/log/auth.log, which bookworm (journal only) does not have,
+    #: and fail2ban refuses to start: the jail file points it at the journal.
+    fail2ban_sshd_journal: bool = True
     #: OpenDKIM (signing when the spec has dkim.private_key). EL: from EPEL (enable EPEL, and CRB on EL9,
     #: before applying; EPEL 10's opendkim is unverified); Debian: the distribution's package.
     dkim_packages: tuple[str, ...] = ("opendkim",)
@@ -99,7 +126,10 @@ PROFILES: dict[str, Profile] = {
         dovecot_group="dovecot",
         firewalld_services=_EL_FIREWALL,
         selinux=True,
-        dovecot_cipher_list="PROFILE=SYSTEM",
+        tls_mandatory_ciphers=EL_POLICY_AEAD,
+        fail2ban_packages=("fail2ban-server", "fail2ban-firewalld", "python3-systemd"),
+        fail2ban_banaction="firewallcmd-rich-rules",
+        fail2ban_sshd_journal=False,
         mta_alternative="/usr/sbin/sendmail.postfix",
     ),
     "el10": Profile(
@@ -118,7 +148,10 @@ PROFILES: dict[str, Profile] = {
         dovecot_group="dovecot",
         firewalld_services={**_EL_FIREWALL, 587: "submission"},
         selinux=True,
-        dovecot_cipher_list="PROFILE=SYSTEM",
+        tls_mandatory_ciphers=EL_POLICY_AEAD,
+        fail2ban_packages=("fail2ban-server", "fail2ban-firewalld", "python3-systemd"),
+        fail2ban_banaction="firewallcmd-rich-rules",
+        fail2ban_sshd_journal=False,
         mta_alternative="/usr/sbin/sendmail.postfix",
     ),
     "debian12": Profile(

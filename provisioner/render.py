@@ -43,8 +43,18 @@ DKIM_RESOLVER_TEMPLATE = "etc/opendkim/resolver.conf.j2"
 #: OpenDKIM's milter port on 127.0.0.1 (labelled milter_port_t by the SELinux policy).
 DKIM_MILTER_PORT = 8891
 
+#: Rendered only when fail2ban is on (spec fail2ban.enabled).
+FAIL2BAN_TEMPLATE = "etc/fail2ban/jail.d/mailprov.local.j2"
+
 #: Postfix lookup tables (sources) that need `postmap` with the profile's map type.
-POSTFIX_MAPS = ("etc/postfix/vdomains", "etc/postfix/vmailbox", "etc/postfix/virtual")
+POSTFIX_MAPS = (
+    "etc/postfix/vdomains",
+    "etc/postfix/vmailbox",
+    "etc/postfix/virtual",
+    "etc/postfix/sender_login",
+    "etc/postfix/sender_access",
+    "etc/postfix/helo_access",
+)
 
 
 def file_meta(path: str, profile: Profile) -> FileMeta:
@@ -93,11 +103,14 @@ def context(spec: Spec, profile: Profile) -> dict[str, object]:
         "default_scheme": "SHA512-CRYPT",
         "dovecot_users": _dovecot_users(spec),
         "dkim_milter_port": DKIM_MILTER_PORT,
+        "fail2ban_ignoreip": " ".join(["127.0.0.1/8", "::1", *spec.fail2ban.ignore_ip]),
     }
 
 
 def wanted(name: str, spec: Spec) -> bool:
     """Whether a template applies to the spec (OpenDKIM's files only when signing)."""
+    if name == FAIL2BAN_TEMPLATE:
+        return spec.fail2ban.enabled
     if name == DKIM_RESOLVER_TEMPLATE:
         return spec.dkim.signing and bool(spec.dkim.resolvers)
     return spec.dkim.signing or not name.startswith(DKIM_TEMPLATES)

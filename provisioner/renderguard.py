@@ -23,6 +23,10 @@ _SECTION_RE = re.compile(r"([A-Za-z0-9_-]+)(?: ([^\s{}]+))? \{")
 _DKIM_PARAM_RE = re.compile(r"([A-Za-z]+) +(\S.*)")
 
 
+#: The reply text of the port-25 own-sender refusal (templates/etc/postfix/sender_access.j2).
+SENDER_REFUSAL = "5.7.1 Sender address belongs to this server; submit with authentication on port 587 or 465"
+
+
 class Mismatch(RenderError):
     """A rendered file says something the model does not."""
 
@@ -152,6 +156,53 @@ def _config(path: str, text: str, template: str, pattern: str, expected: dict[st
             raise _fail(path, f"{name} is {values.get(name)!r}, the spec says {value!r}")
 
 
+_INI_SECTION_RE = re.compile(r"\[([A-Za-z0-9_-]+)\]")
+_INI_PARAM_RE = re.compile(r"([a-z_]+) = (\S.*)")
+
+
+def _ini(path: str, text: str, lenient: bool = False) -> dict[tuple[str, str], str]:
+    """An INI file (fail2ban jails) as {(section, key): value}; each key once per section."""
+    out: dict[tuple[str, str], str] = {}
+    section = ""
+    for number, line in _entries(path, text):
+        if lenient and line.startswith(("{%", "{#")):
+            continue
+        header = _INI_SECTION_RE.fullmatch(line)
+        if header:
+            section = header.group(1)
+            continue
+        param = _INI_PARAM_RE.fullmatch(line)
+        if not param or not section:
+            if lenient:
+                continue
+            raise _fail(path, f"line {number} is neither a [section] nor 'key = value' in a section")
+        if (section, param.group(1)) in out:
+            raise _fail(path, f"{param.group(1)} is set twice in [{section}]")
+        out[(section, param.group(1))] = param.group(2)
+    return out
+
+
+def _jails(path: str, text: str, spec: Spec) -> None:
+    found = _ini(path, text)
+    allowed = set(_ini(path, (TEMPLATES_DIR / (path + ".j2")).read_text(), lenient=True))
+    extra = sorted(set(found) - allowed)
+    if extra:
+        raise _fail(path, f"settings the template does not make: {extra[:3]}")
+    ignoreip = " ".join(["127.0.0.1/8", "::1", *spec.fail2ban.ignore_ip])
+    for section in ("mailprov-postfix-sasl", "mailprov-dovecot"):
+        expected = {
+            "ignoreip": ignoreip,
+            "maxretry": str(spec.fail2ban.maxretry),
+            "findtime": spec.fail2ban.findtime,
+            "bantime": spec.fail2ban.bantime,
+        }
+        for key, value in expected.items():
+            if found.get((section, key)) != value:
+                raise _fail(
+                    path, f"[{section}] {key} is {found.get((section, key))!r}, the spec says {value!r}"
+                )
+
+
 def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
     """Raise Mismatch unless every rendered table and spec-fed parameter says exactly what the model says."""
     _expect_table(
@@ -164,6 +215,21 @@ def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
         "etc/postfix/virtual",
         files["etc/postfix/virtual"],
         {e.key: ", ".join(e.targets) for e in spec.alias_entries},
+    )
+    _expect_table(
+        "etc/postfix/sender_login",
+        files["etc/postfix/sender_login"],
+        {sender: ",".join(logins) for sender, logins in spec.sender_owners.items()},
+    )
+    _expect_table(
+        "etc/postfix/sender_access",
+        files["etc/postfix/sender_access"],
+        {a: f"REJECT {SENDER_REFUSAL}" for a in spec.own_senders},
+    )
+    _expect_table(
+        "etc/postfix/helo_access",
+        files["etc/postfix/helo_access"],
+        {name: f"REJECT 5.7.1 You are not {name}" for name in spec.own_helo_names},
     )
     from provisioner.render import VMAIL_USER, dovecot_user_extra
 
@@ -198,6 +264,11 @@ def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
             "protocol lmtp/postmaster_address": f"postmaster@{spec.primary_domain}",
         },
     )
+    jail = "etc/fail2ban/jail.d/mailprov.local"
+    if (jail in files) != spec.fail2ban.enabled:
+        raise _fail(jail, "present although fail2ban is off" if jail in files else "missing")
+    if jail in files:
+        _jails(jail, files[jail], spec)
     if spec.dkim.signing:
         selector = spec.dkim.selector
         _expect_table(

@@ -35,12 +35,15 @@ from provisioner.grammar import (
     HASH_SCHEMES,
     check_address,
     check_domain,
+    check_duration,
     check_host,
     check_ip_list,
     check_mail_root,
     check_mailbox_address,
+    check_network,
     check_password_hash,
     check_selector,
+    check_sender_grant,
     domain_of,
     format_size,
     local_of,
@@ -109,11 +112,29 @@ class Mailbox(_Strict):
     address: str
     password_hash: str
     quota: int | None = None
+    #: Envelope senders this mailbox may use on submission besides its own address and the aliases that
+    #: deliver to it: addresses, or @domain for a whole domain.
+    send_as: list[str] = Field(default_factory=list)
 
     @field_validator("address", mode="before")
     @classmethod
     def _address(cls, value: Any) -> str:
         return check_mailbox_address(value)
+
+    @field_validator("send_as", mode="before")
+    @classmethod
+    def _send_as(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("expected a list of addresses or @domain grants such as [team@example.org]")
+        out: list[str] = []
+        for item in value:
+            grant = check_sender_grant(item)
+            if grant in out:
+                raise ValueError(f"{grant} is listed twice")
+            out.append(grant)
+        return out
 
     @field_validator("password_hash", mode="before")
     @classmethod
@@ -445,6 +466,45 @@ def private_key_b64(path: Path) -> str:
     return _read_private_key(path)[1]
 
 
+class Inbound(_Strict):
+    """Policy for mail arriving unauthenticated on port 25."""
+
+    #: Refuse mail from outside whose envelope sender is one of this spec's mailboxes or aliases (they send
+    #: through submission). Turn off when outside services send as your addresses to your own MX: a
+    #: forwarder that keeps the original envelope sender, a newsletter or ticket service relaying directly.
+    reject_own_senders: StrictBool = True
+
+
+class Fail2ban(_Strict):
+    """Bans clients that keep failing to authenticate (Postfix SASL, Dovecot IMAP/POP3/ManageSieve)."""
+
+    enabled: StrictBool = True
+    #: Never banned (loopback always is): monitoring hosts, your office, a test runner.
+    ignore_ip: list[str] = Field(default_factory=list)
+    maxretry: StrictInt = Field(default=5, ge=1, le=100)
+    findtime: str = "10m"
+    bantime: str = "1h"
+
+    @field_validator("ignore_ip", mode="before")
+    @classmethod
+    def _ignore(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("expected a list of IP addresses or networks such as [192.0.2.0/24]")
+        out: list[str] = []
+        for item in value:
+            network = check_network(item)
+            if network not in out:
+                out.append(network)
+        return out
+
+    @field_validator("findtime", "bantime", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> str:
+        return check_duration(value)
+
+
 class DNSPolicy(_Strict):
     """Policy records published for every domain."""
 
@@ -484,6 +544,8 @@ class Spec(_Strict):
     mail_root: str = "/var/vmail"
     #: Backup MX hosts (lower priority): they accept and queue mail for the domains while this host is away.
     backup_mx: list[str] = Field(default_factory=list)
+    inbound: Inbound = Field(default_factory=Inbound)
+    fail2ban: Fail2ban = Field(default_factory=Fail2ban)
 
     @field_validator("hostname", mode="before")
     @classmethod
@@ -578,6 +640,47 @@ class Spec(_Strict):
         return entries
 
     @property
+    def sender_owners(self) -> dict[str, list[str]]:
+        """smtpd_sender_login_maps: each envelope sender -> the mailbox logins that may use it.
+
+        A mailbox owns its address, every alias that delivers to it (through other aliases too), and its
+        send_as grants (addresses or @domain). Catch-alls grant nothing. Postfix strips +tags before the
+        lookup, so alice may also send as alice+news.
+        """
+        owners: dict[str, list[str]] = {}
+
+        def grant(sender: str, login: str) -> None:
+            logins = owners.setdefault(sender, [])
+            if login not in logins:
+                logins.append(login)
+
+        for box in self.mailboxes:
+            grant(box.address, box.address)
+        mailboxes = {box.address for box in self.mailboxes}
+        aliases = {entry.key: entry.targets for entry in self.alias_entries if not entry.key.startswith("@")}
+        for key in aliases:
+            for login in _reachable_mailboxes(key, aliases, mailboxes):
+                grant(key, login)
+        for box in self.mailboxes:
+            for sender in box.send_as:
+                grant(sender, box.address)
+        return owners
+
+    @property
+    def own_senders(self) -> list[str]:
+        """Addresses refused as envelope sender from outside on port 25 (mailboxes and aliases)."""
+        if not self.inbound.reject_own_senders:
+            return []
+        seen = dict.fromkeys(box.address for box in self.mailboxes)
+        seen.update(dict.fromkeys(e.key for e in self.alias_entries if not e.key.startswith("@")))
+        return list(seen)
+
+    @property
+    def own_helo_names(self) -> list[str]:
+        """HELO/EHLO names refused from outside on port 25: our host name and our domains."""
+        return list(dict.fromkeys([self.hostname, *self.domain_names]))
+
+    @property
     def ports(self) -> dict[int, bool]:
         """Every mail port and whether this spec serves it."""
         return {
@@ -640,6 +743,22 @@ class Spec(_Strict):
         if not self.relay_host.mx_lookup:
             host = f"[{host}]"
         return f"{host}:{self.relay_host.port}"
+
+
+def _reachable_mailboxes(start: str, aliases: dict[str, tuple[str, ...]], mailboxes: set[str]) -> list[str]:
+    """The local mailboxes an alias delivers to, following aliases iteratively (loops are refused at load)."""
+    found: list[str] = []
+    seen = {start}
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        for target in aliases.get(node, ()):
+            if target in mailboxes and target not in found:
+                found.append(target)
+            if target in aliases and target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return sorted(found)
 
 
 def _error(loc: tuple[int | str, ...], message: str) -> SpecError:
@@ -898,7 +1017,9 @@ def _locate_problem(data: Any, budget: int) -> None:
         elif isinstance(node, str):
             _check_string(node, loc, "value")
         elif node is not None and not isinstance(node, bool | int | float):
-            raise _error(loc, f"unexpected {type(node).__name__} value; expected text, a number or true/false")
+            raise _error(
+                loc, f"unexpected {type(node).__name__} value; expected text, a number or true/false"
+            )
 
 
 def _check_string(text: str, loc: tuple[int | str, ...], what: str) -> None:

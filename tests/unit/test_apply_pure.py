@@ -60,7 +60,8 @@ def test_plan_keeps_secrets_apart_and_matches_the_render(model: spec_mod.Spec) -
     assert main_cf["content"] == files["etc/postfix/main.cf"]
     assert plan["digest"] == render_mod.tree_digest(files)
     assert plan["map_type"] == "lmdb" and "postfix-lmdb" in plan["packages"]
-    assert plan["maps"] == ["/etc/postfix/vdomains", "/etc/postfix/vmailbox", "/etc/postfix/virtual"]
+    assert plan["maps"] == ["/" + m for m in render_mod.POSTFIX_MAPS]
+    assert "/etc/postfix/sender_login" in plan["maps"] and "/etc/postfix/virtual" in plan["maps"]
     assert plan["selinux"] is True and plan["mta_alternative"] == "/usr/sbin/sendmail.postfix"
 
 
@@ -351,6 +352,41 @@ def test_host_state_lists_only_the_firewall_changes_needed() -> None:
     # A stopped firewalld (None at runtime): only the permanent configuration counts.
     assert state.firewall_todo(None, ["smtp", "imaps"], wanted, managed) == []
     assert state.firewall_todo(None, ["ssh"], [], ["smtp"]) == []
+
+
+def test_host_state_reads_the_distribution_like_ansible() -> None:
+    state = _module("host_state")
+    debian = state.parse_os_release(
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n'
+    )
+    facts = state.distribution_facts(debian, selinux_enabled=False)
+    assert (facts["os_family"], facts["distribution_major_version"]) == ("Debian", "12")
+    assert facts["selinux"] == {"status": "disabled"}
+    alma = state.parse_os_release(
+        'NAME="AlmaLinux"\nVERSION_ID="9.4"\nID="almalinux"\nID_LIKE="rhel centos fedora"\n'
+    )
+    facts = state.distribution_facts(alma, selinux_enabled=True)
+    assert (facts["os_family"], facts["distribution_major_version"], facts["distribution"]) == (
+        "RedHat",
+        "9",
+        "AlmaLinux",
+    )
+    assert facts["selinux"]["status"] == "enabled"
+    other = state.distribution_facts(
+        state.parse_os_release("ID=myrhel\nID_LIKE=rhel\nVERSION_ID=10.0\n"), False
+    )
+    assert (other["os_family"], other["distribution_major_version"]) == ("RedHat", "10")
+    assert state.distribution_facts({}, False)["os_family"] == ""
+
+
+def test_state_inputs_cover_every_supported_os(model: spec_mod.Spec) -> None:
+    inputs = apply_mod.role_input(model)["state_inputs"]
+    assert set(inputs) == set(apply_mod.profile_map())
+    assert (
+        inputs["RedHat-10"]["aliases_db"] == "/etc/aliases.lmdb" and inputs["RedHat-10"]["firewalld_offline"]
+    )
+    assert inputs["Debian-12"]["tls_cert"] == profiles.get("debian12").tls_cert
+    assert not inputs["Debian-12"]["firewalld_offline"] and inputs["Debian-12"]["dkim_key"] == ""
 
 
 def test_recap_tells_bad_input_from_host_failures() -> None:

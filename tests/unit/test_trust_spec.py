@@ -469,7 +469,7 @@ def test_guard_catches_an_address_that_smuggles_a_catch_all() -> None:
 def test_guard_catches_a_second_main_cf_parameter() -> None:
     model = _model()
     bad = model.model_copy(update={"hostname": "mail.example.test\nrelay_domains = static:ALL"})
-    with pytest.raises(renderguard.Mismatch, match=r"main\.cf"):
+    with pytest.raises(renderguard.Mismatch):
         render.render(bad, profiles.get("el10"))
 
 
