@@ -49,7 +49,10 @@ def cases() -> dict[str, str]:
         "flow nesting": HEAD + "x: " + "[" * 400_000 + "]" * 400_000 + "\n",
         "one 1 MB string": HEAD + 'x: "' + "a" * (MB - 200) + '"\n',
         "1 MB password hash": fill(HEAD.replace(f'"{HASH}"', f'"{HASH}'), "A", '"\n'),
-        "size regex worst case, under the string limit": HEAD + 'message_size_limit: "1' + " " * 4000 + 'x"\n',
+        "size regex worst case, under the string limit": HEAD
+        + 'message_size_limit: "1'
+        + " " * 4000
+        + 'x"\n',
         "size regex worst case": HEAD + 'message_size_limit: "1' + " " * (MB - 300) + 'x"\n',
         "20,000-deep alias chain": HEAD + "    aliases:\n" + chain + "      x20000@h.test: [a@h.test]\n",
         "5,000 mailboxes (valid)": HEAD
