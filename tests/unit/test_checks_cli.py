@@ -200,3 +200,15 @@ def test_loopback_target_needs_allow_loopback() -> None:
     result = json.loads(out)["results"][0]
     assert code == 1 and result["status"] == "fail" and "--allow-loopback" in result["reason"]
     assert "--allow-loopback" in runner.invoke(app, ["verify", "--help"]).stdout
+
+
+def test_ssh_unreachable_is_one_clear_line() -> None:
+    # The real ssh client against a closed loopback port: one reason, naming what to check.
+    code, out, _ = invoke(
+        "127.0.0.1", "--only", "host.packages,host.services", "--ssh", "root@127.0.0.1:1", "--format", "json"
+    )
+    results = json.loads(out)["results"]
+    assert code == 1 and {r["status"] for r in results} == {"fail"}
+    (reason,) = {r["reason"] for r in results}
+    assert reason.startswith("SSH to root@127.0.0.1: unreachable") and "--ssh" in reason
+    assert "CommandResult" not in reason
