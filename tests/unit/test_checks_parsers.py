@@ -661,3 +661,20 @@ def test_clean_evidence_is_json_safe_and_capped() -> None:
     assert len(cleaned["caps"]) == 200
     big = p.clean_evidence(["y" * 3000] * 100)
     assert isinstance(big, str) and "truncated" in big
+
+
+def test_weak_suite_families_hold_only_weak_suites() -> None:
+    import ssl
+
+    from provisioner.checks.tls import family_context, weak_families
+
+    families = weak_families()
+    assert set(families) >= {"CBC", "NULL", "anonymous"}
+    for family, names in families.items():
+        suites = family_context(names).get_ciphers()
+        weak = [c for c in suites if c["protocol"] != "TLSv1.3"]
+        assert weak, family
+        assert all(not c["aead"] for c in weak if family in ("CBC", "NULL")), family
+        assert all(c["auth"] == "auth-null" for c in weak if family == "anonymous"), family
+        assert all("PSK" not in c["name"] for c in weak)
+    assert family_context(families["CBC"]).maximum_version == ssl.TLSVersion.TLSv1_2
