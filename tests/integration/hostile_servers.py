@@ -476,6 +476,47 @@ class BrokenTls993(MailHost):
         return super().implicit_tls(conn)
 
 
+class LongLine(MailHost):
+    """An EHLO reply line of 200 kB with no end in sight for a line reader."""
+
+    def ehlo(self, conn: Conn, arg: str) -> None:
+        conn.send(b"250-" + b"A" * 200_000 + b"\r\n250 OK\r\n")
+
+
+class TrickledHandshake(MailHost):
+    """The implicit-TLS ports answer the handshake one byte every half second."""
+
+    def implicit_tls(self, conn: Conn) -> bool:
+        conn.trickle(b"\x16\x03\x03\x00\x50" + b"\x00" * 80, delay=0.5)
+        return False
+
+
+class UntaggedFlood(MailHost):
+    """IMAP CAPABILITY answered by untagged lines without end."""
+
+    def imap_capability(self, conn: Conn, tag: str) -> None:
+        conn.flood(b"* OK still here\r\n")
+
+
+class PlaintextAfterStarttls(MailHost):
+    """A 220 to STARTTLS followed by plaintext bytes before the handshake (a STARTTLS injection)."""
+
+    def smtp(self, conn: Conn, number: int) -> None:
+        self.banner(conn, number)
+        while True:
+            line = conn.readline()
+            if line is None:
+                return
+            if line.upper().startswith(b"EHLO"):
+                self.ehlo(conn, "")
+            elif line.upper().startswith(b"STARTTLS"):
+                conn.send(b"220 2.0.0 Ready\r\n250 injected\r\n")
+                time.sleep(1)
+                return
+            else:
+                conn.send(b"502 5.5.2 not here\r\n")
+
+
 # ---- DNS --------------------------------------------------------------------------------------------
 
 

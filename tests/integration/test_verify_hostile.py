@@ -36,10 +36,14 @@ from hostile_servers import (
     HugeLiteral,
     LoginDespiteDisabled,
     LoginFailsInPlaintext,
+    LongLine,
     MailHost,
     Markup,
+    PlaintextAfterStarttls,
     TrickleAll,
+    TrickledHandshake,
     TrickleLater,
+    UntaggedFlood,
     base_zone,
     garbage_rcpt,
     plaintext_auth,
@@ -263,6 +267,48 @@ def test_huge_imap_literal_is_refused(serve: Any, tls: tuple[Any, Path]) -> None
         assert status == "fail" and "1073741824 bytes" in reason, (check_id, reason)
     assert run.status("imap.login_disabled")[0] == "fail"
     assert run.status("pop3.port.110")[0] == "pass"
+
+
+def test_endless_reply_line_is_capped(serve: Any, tls: tuple[Any, Path]) -> None:
+    _, zone = serve(LongLine)
+    run = run_verify(common(zone, tls[1]))
+    assert_sane(run)
+    assert run.code == 1
+    status, reason = run.status("smtp.ehlo")
+    assert status == "fail" and "reply line over 4096 bytes" in reason, reason
+
+
+def test_trickled_tls_handshake_is_bounded(serve: Any, tls: tuple[Any, Path]) -> None:
+    _, zone = serve(TrickledHandshake)
+    run = run_verify(common(zone, tls[1]))
+    assert_sane(run)
+    assert run.code == 1
+    for check_id in ("smtp.implicit_tls.465", "imap.port.993", "pop3.port.995"):
+        status, reason = run.status(check_id)
+        assert status == "fail" and "timed out" in reason, (check_id, reason)
+    status, reason = run.status("tls.cert.name")
+    assert status == "fail" and "port 465" in reason, reason
+    assert run.status("smtp.starttls.587")[0] == "pass"
+
+
+def test_untagged_imap_flood_is_capped(serve: Any, tls: tuple[Any, Path]) -> None:
+    _, zone = serve(UntaggedFlood)
+    run = run_verify(common(zone, tls[1]))
+    assert_sane(run)
+    assert run.code == 1
+    for check_id in ("imap.port.143", "imap.port.993"):
+        status, reason = run.status(check_id)
+        assert status == "fail" and "over 1048576 bytes" in reason, (check_id, reason)
+
+
+def test_plaintext_left_before_the_tls_handshake_is_refused(serve: Any, tls: tuple[Any, Path]) -> None:
+    _, zone = serve(PlaintextAfterStarttls)
+    run = run_verify(common(zone, tls[1]))
+    assert_sane(run)
+    assert run.code == 1
+    for check_id in ("smtp.starttls.25", "smtp.starttls.587"):
+        status, reason = run.status(check_id)
+        assert status == "fail" and "out of turn" in reason, (check_id, reason)
 
 
 # ---- 2. untrusted text stays text ------------------------------------------------------------------
