@@ -184,7 +184,7 @@ class BoundedReader:
     def read(self, size: int = -1) -> bytes:
         """Exactly size bytes (fewer at end of stream); sizes over MAX_READ are refused before reading."""
         if size is None or size < 0 or size > MAX_READ:
-            raise ReplyTooLarge(f"literal of {size} bytes over the {MAX_READ}-byte limit")
+            raise ReplyTooLarge(f"literal of {size} bytes: reply over {MAX_READ} bytes")
         while len(self.buffer) < size and self._fill():
             pass
         return self._take(min(size, len(self.buffer)))
