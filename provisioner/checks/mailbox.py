@@ -64,6 +64,12 @@ def login_disabled(ctx: Context) -> Result:
         tried: tuple[Status, str] = ("fail", f"could not try LOGIN before STARTTLS: {describe(exc)}")
     else:
         tried = judge_plaintext_login(typ, text)
+    if tried[0] == "pass" and "LOGINDISABLED" not in {c.upper() for c in probe.caps}:
+        # Refused, but unannounced: clients send the password before they learn it is refused.
+        advertised = (
+            "fail",
+            "LOGINDISABLED not advertised before STARTTLS, so clients send the password first",
+        )
     status = worst([advertised[0], tried[0]])
     reason = "; ".join(r for s, r in (advertised, tried) if s == status)
     return Result("imap.login_disabled", status, reason, {"capabilities": probe.caps, "login": tried[1]})

@@ -465,6 +465,13 @@ class LoginFailsInPlaintext(MailHost):
         conn.send(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
 
 
+class LoginDisabledUnannounced(MailHost):
+    """Refuses plaintext LOGIN but does not advertise LOGINDISABLED (clients send the password first)."""
+
+    def imap_caps(self, conn: Conn) -> str:
+        return "IMAP4rev1 AUTH=PLAIN" if conn.tls else "IMAP4rev1 STARTTLS"
+
+
 class BrokenTls993(MailHost):
     """Port 993 accepts TCP but answers the TLS handshake with plaintext garbage."""
 

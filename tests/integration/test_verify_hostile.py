@@ -35,6 +35,7 @@ from hostile_servers import (
     FakeZone,
     HugeLiteral,
     LoginDespiteDisabled,
+    LoginDisabledUnannounced,
     LoginFailsInPlaintext,
     LongLine,
     MailHost,
@@ -394,7 +395,7 @@ def test_plaintext_auth_is_tried_not_read_from_ehlo(
     assert "port 25" in reason and "port 587" in reason
 
 
-@pytest.mark.parametrize("server", [LoginDespiteDisabled, LoginFailsInPlaintext])
+@pytest.mark.parametrize("server", [LoginDespiteDisabled, LoginFailsInPlaintext, LoginDisabledUnannounced])
 def test_imap_login_is_tried_before_starttls(
     serve: Any, tls: tuple[Any, Path], server: type[MailHost]
 ) -> None:
