@@ -263,6 +263,19 @@ def check_sender_grant(value: Any) -> str:
     return check_address(value)
 
 
+_SASL_USER_RE = re.compile(r"[!-9;-~]{1,256}")
+
+
+def check_sasl_username(value: Any) -> str:
+    """A SASL login for a relay: printable, no spaces and no ':' (the sasl_passwd user:password separator)."""
+    text = text_value(value, "username")
+    if not _SASL_USER_RE.fullmatch(text):
+        raise ValueError(
+            f"expected a login name without spaces or ':' such as user@example.org, got {value!r}"
+        )
+    return text
+
+
 def check_host(value: Any) -> str:
     """A host name or an IP address (relay hosts)."""
     text = text_value(value, "host")

@@ -113,6 +113,31 @@ def blame(field: str) -> Iterator[None]:
         raise FieldProblem(field, str(exc)) from None
 
 
+def read_secret_line(path: Path) -> str:
+    """A password file: its first line, printable, no surrounding spaces; the file not readable by others."""
+    text = read_text(path, 4096, "password")
+    lines = text.splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise ValueError(f"{path} is empty; expected the password on its first line")
+    if password != password.strip() or not password.isprintable():
+        raise ValueError(f"{path}: the password has surrounding spaces or control characters")
+    if any(line.strip() for line in lines[1:]):
+        raise ValueError(f"{path} has more than one line; expected only the password")
+    problem = key_mode_problem(path)
+    if problem:
+        raise ValueError(problem.replace("a private key", "a password file"))
+    return password
+
+
+def read_ca_bundle(path: Path) -> str:
+    """PEM CA certificates (one or more), normalised; nothing else in the file."""
+    from cryptography.hazmat.primitives import serialization
+
+    certs = _parse_certs(path, _pem_text(path, "PEM CA certificate"))
+    return "".join(item.public_bytes(serialization.Encoding.PEM).decode("ascii") for item in certs)
+
+
 @dataclass(frozen=True)
 class CertificatePair:
     """A validated certificate chain (leaf first) and its private key, as PEM text."""

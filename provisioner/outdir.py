@@ -50,7 +50,13 @@ def _ancestors(rel: str) -> list[str]:
 
 
 def _check_contents(target: Path, known: set[str], label: str) -> None:
-    """Refuse a tree that holds anything but regular files and directories at paths mailprov renders."""
+    """Refuse a tree that holds anything but regular files and directories at paths mailprov renders.
+
+    A known entry ending in '/' is a directory of generated files (one per mailbox): any regular file
+    directly in it is mailprov's.
+    """
+    generated = {rel for rel in known if rel.endswith("/")}
+    known = {rel for rel in known if not rel.endswith("/")} | {rel + "x" for rel in generated}
     dirs = {parent for rel in known for parent in _ancestors(rel)}
     pending = [("", target)]
     while pending:
@@ -73,7 +79,7 @@ def _check_contents(target: Path, known: set[str], label: str) -> None:
             elif entry.is_file(follow_symlinks=False):
                 if rel in dirs:
                     raise _fail(label, f"{where} is a file where mailprov writes a directory")
-                if rel not in known:
+                if rel not in known and rel.rpartition("/")[0] + "/" not in generated:
                     raise _fail(label, f"{where} is a file mailprov does not render")
             else:
                 raise _fail(label, f"{where} is not a regular file or directory")

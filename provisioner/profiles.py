@@ -61,6 +61,16 @@ class Profile:
     #: Debian 12's stock sshd jail reads /var/log/auth.log, which bookworm (journal only) does not have,
     #: and fail2ban refuses to start: the jail file points it at the journal.
     fail2ban_sshd_journal: bool = True
+    #: Where Dovecot's helper programs live (dovecot-lda for quota warnings, sievec).
+    dovecot_libexec: str = "/usr/lib/dovecot"
+    #: Sieve and ManageSieve (spec sieve.enabled): Debian splits Pigeonhole in two packages.
+    sieve_packages: tuple[str, ...] = ("dovecot-sieve", "dovecot-managesieved")
+    #: rspamd (spec antispam.enabled). EL: not in the distribution nor EPEL; rspamd's own package
+    #: repository must be enabled before applying (unverified here: no EL repositories reachable).
+    antispam_packages: tuple[str, ...] = ("rspamd",)
+    antispam_service: str = "rspamd"
+    #: The system's CA bundle (a smarthost's certificate is verified against it unless the spec names one).
+    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     #: OpenDKIM (signing when the spec has dkim.private_key). EL: from EPEL (enable EPEL, and CRB on EL9,
     #: before applying; EPEL 10's opendkim is unverified); Debian: the distribution's package.
     dkim_packages: tuple[str, ...] = ("opendkim",)
@@ -107,6 +117,7 @@ _EL_FIREWALL = {
     995: "pop3s",
     143: "imap",
     993: "imaps",
+    4190: "managesieve",
 }
 
 PROFILES: dict[str, Profile] = {
@@ -131,6 +142,9 @@ PROFILES: dict[str, Profile] = {
         fail2ban_banaction="firewallcmd-rich-rules",
         fail2ban_sshd_journal=False,
         mta_alternative="/usr/sbin/sendmail.postfix",
+        dovecot_libexec="/usr/libexec/dovecot",
+        sieve_packages=("dovecot-pigeonhole",),
+        ca_bundle="/etc/pki/tls/certs/ca-bundle.crt",
     ),
     "el10": Profile(
         name="el10",
@@ -153,6 +167,9 @@ PROFILES: dict[str, Profile] = {
         fail2ban_banaction="firewallcmd-rich-rules",
         fail2ban_sshd_journal=False,
         mta_alternative="/usr/sbin/sendmail.postfix",
+        dovecot_libexec="/usr/libexec/dovecot",
+        sieve_packages=("dovecot-pigeonhole",),
+        ca_bundle="/etc/pki/tls/certs/ca-bundle.crt",
     ),
     "debian12": Profile(
         name="debian12",

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,15 +37,37 @@ class FileMeta:
     mode: str
 
 
-#: Templates rendered only when the spec signs with DKIM (dkim.private_key).
-DKIM_TEMPLATES = ("etc/opendkim.conf.j2", "etc/opendkim/")
-#: Rendered only when the spec names resolvers for OpenDKIM.
-DKIM_RESOLVER_TEMPLATE = "etc/opendkim/resolver.conf.j2"
 #: OpenDKIM's milter port on 127.0.0.1 (labelled milter_port_t by the SELinux policy).
 DKIM_MILTER_PORT = 8891
+#: rspamd's proxy worker in milter mode on 127.0.0.1 (antispam).
+RSPAMD_MILTER_PORT = 11332
+#: Dovecot runs this for quota warnings (service quota-warning).
+QUOTA_WARNING_SCRIPT = "/usr/local/bin/mailprov-quota-warning"
+#: The smarthost's CA when the spec names one (relay_host.ca).
+RELAY_CA_FILE = "/etc/postfix/relay-ca.pem"
 
-#: Rendered only when fail2ban is on (spec fail2ban.enabled).
-FAIL2BAN_TEMPLATE = "etc/fail2ban/jail.d/mailprov.local.j2"
+#: Templates (or template directories) rendered only when the spec asks for what they configure; every
+#: other template is always rendered.
+CONDITIONAL_TEMPLATES: tuple[tuple[str, Callable[[Spec], bool]], ...] = (
+    ("etc/opendkim/resolver.conf.j2", lambda s: s.dkim.signing and bool(s.dkim.resolvers)),
+    ("etc/opendkim.conf.j2", lambda s: s.dkim.signing),
+    ("etc/opendkim/", lambda s: s.dkim.signing),
+    ("etc/fail2ban/", lambda s: s.fail2ban.enabled),
+    ("etc/postfix/sasl_passwd.j2", lambda s: s.relay_host is not None and s.relay_host.authenticated),
+    ("etc/postfix/tls_policy.j2", lambda s: s.relay_host is not None and s.relay_host.authenticated),
+    ("etc/postfix/relay-ca.pem.j2", lambda s: s.relay_host is not None and s.relay_host.ca_pem is not None),
+    ("etc/dovecot/sieve/spam-to-junk.sieve.j2", lambda s: s.sieve.enabled and s.antispam.enabled),
+    ("etc/dovecot/sieve/before.sieve.j2", lambda s: s.sieve.enabled and s.sieve.before is not None),
+    ("etc/dovecot/sieve/after.sieve.j2", lambda s: s.sieve.enabled and s.sieve.after is not None),
+    ("etc/rspamd/", lambda s: s.antispam.enabled),
+)
+
+#: Generated (not templated) files: each mailbox's own Sieve script from the spec.
+MAILBOX_SIEVE_DIR = "etc/dovecot/sieve/mailbox/"
+
+#: Rendered files whose content is secret (password hashes, the relay password): never logged or shown
+#: in a diff, installed readable by root (and the daemon that needs them) only.
+SECRET_PATHS = frozenset({"etc/dovecot/users", "etc/postfix/sasl_passwd"})
 
 #: Postfix lookup tables (sources) that need `postmap` with the profile's map type.
 POSTFIX_MAPS = (
@@ -54,6 +77,8 @@ POSTFIX_MAPS = (
     "etc/postfix/sender_login",
     "etc/postfix/sender_access",
     "etc/postfix/helo_access",
+    "etc/postfix/sasl_passwd",
+    "etc/postfix/tls_policy",
 )
 
 
@@ -61,6 +86,10 @@ def file_meta(path: str, profile: Profile) -> FileMeta:
     """Owner, group and mode for a rendered path (the password file is not world-readable)."""
     if path == "etc/dovecot/users":
         return FileMeta("root", profile.dovecot_group, "0640")
+    if path == "etc/postfix/sasl_passwd":
+        return FileMeta("root", "root", "0600")
+    if path == QUOTA_WARNING_SCRIPT.lstrip("/"):
+        return FileMeta("root", "root", "0755")
     return FileMeta("root", "root", "0644")
 
 
@@ -81,13 +110,21 @@ def template_names() -> list[str]:
     return sorted(str(p.relative_to(TEMPLATES_DIR)) for p in TEMPLATES_DIR.rglob("*.j2") if p.is_file())
 
 
-def dovecot_user_extra(box: Mailbox) -> str:
-    """The extra-fields column of a mailbox's passwd-file line (its quota rule, or nothing)."""
-    return f"userdb_quota_rule=*:storage={format_size(box.quota)}" if box.quota else ""
+def dovecot_user_extra(spec: Spec, box: Mailbox) -> str:
+    """The extra-fields column of a mailbox's passwd-file line: its quota rule and its own Sieve script."""
+    fields = []
+    if box.quota:
+        fields.append(f"userdb_quota_rule=*:storage={format_size(box.quota)}")
+    sieve = spec.mailbox_sieve(box)
+    if sieve is not None:
+        fields.append(f"userdb_{sieve[0]}={sieve[1]}")
+    return " ".join(fields)
 
 
 def _dovecot_users(spec: Spec) -> list[str]:
-    return [f"{box.address}:{box.password_hash}::::::{dovecot_user_extra(box)}" for box in spec.mailboxes]
+    return [
+        f"{box.address}:{box.password_hash}::::::{dovecot_user_extra(spec, box)}" for box in spec.mailboxes
+    ]
 
 
 def context(spec: Spec, profile: Profile) -> dict[str, object]:
@@ -103,17 +140,54 @@ def context(spec: Spec, profile: Profile) -> dict[str, object]:
         "default_scheme": "SHA512-CRYPT",
         "dovecot_users": _dovecot_users(spec),
         "dkim_milter_port": DKIM_MILTER_PORT,
+        "rspamd_milter_port": RSPAMD_MILTER_PORT,
         "fail2ban_ignoreip": " ".join(["127.0.0.1/8", "::1", *spec.fail2ban.ignore_ip]),
+        "quota_warning_script": QUOTA_WARNING_SCRIPT,
+        "relay_sasl": spec.relay_host is not None and spec.relay_host.authenticated,
+        "relay_ca_file": RELAY_CA_FILE
+        if spec.relay_host is not None and spec.relay_host.ca_pem is not None
+        else profile.ca_bundle,
+        **_milters(spec),
+    }
+
+
+def _milters(spec: Spec) -> dict[str, object]:
+    """Postfix's milters: rspamd scans (and verifies SPF/DKIM/DMARC) inbound, OpenDKIM signs."""
+    smtpd: list[str] = []
+    purposes: list[str] = []
+    if spec.antispam.enabled:
+        smtpd.append(f"inet:127.0.0.1:{RSPAMD_MILTER_PORT}")
+        purposes.append("rspamd scores spam and verifies SPF, DKIM and DMARC")
+    if spec.dkim.signing:
+        smtpd.append(f"inet:127.0.0.1:{DKIM_MILTER_PORT}")
+        purposes.append(
+            "OpenDKIM signs submitted and local mail"
+            + ("" if spec.antispam.enabled else ", verifies inbound mail")
+        )
+    return {
+        "smtpd_milters": smtpd,
+        "non_smtpd_milters": [m for m in smtpd if m.endswith(f":{DKIM_MILTER_PORT}")],
+        "milter_purpose": "; ".join(purposes),
+        "dkim_mode": "s" if spec.antispam.enabled else "sv",
     }
 
 
 def wanted(name: str, spec: Spec) -> bool:
-    """Whether a template applies to the spec (OpenDKIM's files only when signing)."""
-    if name == FAIL2BAN_TEMPLATE:
-        return spec.fail2ban.enabled
-    if name == DKIM_RESOLVER_TEMPLATE:
-        return spec.dkim.signing and bool(spec.dkim.resolvers)
-    return spec.dkim.signing or not name.startswith(DKIM_TEMPLATES)
+    """Whether a template applies to the spec (the first matching rule of CONDITIONAL_TEMPLATES decides)."""
+    for prefix, rule in CONDITIONAL_TEMPLATES:
+        if name == prefix or (prefix.endswith("/") and name.startswith(prefix)):
+            return rule(spec)
+    return True
+
+
+def _mailbox_sieve_scripts(spec: Spec) -> dict[str, str]:
+    """Each mailbox's own Sieve script from the spec, byte for byte (sievec's line numbers are the user's)."""
+    out = {}
+    for box in spec.mailboxes:
+        where = spec.mailbox_sieve(box)
+        if where is not None and box.sieve_text is not None:
+            out[where[1].lstrip("/")] = box.sieve_text
+    return out
 
 
 def render(spec: Spec, profile: Profile) -> dict[str, str]:
@@ -129,6 +203,7 @@ def render(spec: Spec, profile: Profile) -> dict[str, str]:
                 out[name.removesuffix(".j2")] = env.get_template(name).render(ctx)
             except jinja2.TemplateError as exc:
                 raise RenderError(f"template {name}: {exc}") from exc
+        out.update(_mailbox_sieve_scripts(spec))
         renderguard.check_rendered(out, spec, profile)
     return out
 
@@ -143,7 +218,7 @@ def tree_digest(files: dict[str, str]) -> str:
 
 def rendered_paths() -> list[str]:
     """Every path any render may produce (relative, as render() keys them)."""
-    return [name.removesuffix(".j2") for name in template_names()]
+    return [name.removesuffix(".j2") for name in template_names()] + [MAILBOX_SIEVE_DIR]
 
 
 def write_tree(files: dict[str, str], out_dir: Path, label: str = "--out") -> list[Path]:
@@ -167,6 +242,8 @@ class CheckResult:
     ran: bool
     ok: bool
     output: str
+    #: The failure is in the user's input (a Sieve script that does not compile): exit 2, not 1.
+    input_error: bool = False
 
 
 #: Exit status _run reports when the program could not be started or did not finish.
@@ -215,7 +292,49 @@ def check_tree(tree: Path, profile: Profile) -> list[CheckResult]:
             results.append(_check_dovecot(doveconf, dovecot_conf, scratch, cert, key, profile))
         else:
             results.append(CheckResult("doveconf", True, False, f"{dovecot_conf}: not a regular file"))
+        scripts = sorted(p for p in (tree / "etc/dovecot/sieve").rglob("*.sieve") if p.is_file())
+        if scripts:
+            results.append(_check_sieve(scripts, tree, scratch))
+        jail = tree / "etc/fail2ban/jail.d/mailprov.local"
+        if jail.is_file():
+            results.append(_check_fail2ban(jail, scratch))
     return results
+
+
+def _check_sieve(scripts: list[Path], tree: Path, scratch: Path) -> CheckResult:
+    """Compile every Sieve script with Pigeonhole's sievec; a script that does not compile is bad input."""
+    sievec = shutil.which("sievec")
+    if sievec is None:
+        return CheckResult("sievec", False, False, "sievec not installed (Debian: dovecot-sieve)")
+    problems = []
+    for script in scripts:
+        code, out = _run([sievec, str(script), str(scratch / "check.svbin")])
+        if code != 0:
+            errors = [line.strip() for line in out.splitlines() if ": line " in line or "error:" in line]
+            first = errors[0] if errors else out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
+            # sievec names the script by its stem; the rendered file is the spec's file byte for byte.
+            problems.append(f"{script.relative_to(tree)}: {first.split(': ', 1)[-1]}")
+    if problems:
+        return CheckResult("sievec", True, False, "; ".join(problems), input_error=True)
+    return CheckResult("sievec", True, True, f"{len(scripts)} Sieve script(s) compile")
+
+
+def _check_fail2ban(jail: Path, scratch: Path) -> CheckResult:
+    """fail2ban-client -t on the distribution's configuration plus the rendered jail file."""
+    client = shutil.which("fail2ban-client")
+    if client is None or not Path("/etc/fail2ban/jail.conf").is_file():
+        return CheckResult("fail2ban", False, False, "fail2ban not installed (Debian: fail2ban)")
+    conf = scratch / "fail2ban"
+    shutil.copytree("/etc/fail2ban", conf, symlinks=True)
+    # The jails this machine enables are not the target's: judge the distribution's defaults plus ours.
+    shutil.rmtree(conf / "jail.d", ignore_errors=True)
+    (conf / "jail.d").mkdir()
+    shutil.copyfile(jail, conf / "jail.d" / jail.name)
+    code, out = _run([client, "-c", str(conf), "-t"])
+    errors = [line for line in out.splitlines() if "ERROR" in line]
+    if code != 0 or errors:
+        return CheckResult("fail2ban", True, False, "; ".join(errors) or out.strip()[-300:])
+    return CheckResult("fail2ban", True, True, "fail2ban-client -t: configuration test is successful")
 
 
 def _scratch_cert(scratch: Path) -> tuple[Path, Path]:
@@ -266,6 +385,8 @@ def _check_postfix(
     postmap = str(Path(postconf).with_name("postmap"))
     for rel in (*POSTFIX_MAPS, "aliases"):
         name = Path(rel).name
+        if not (conf / name).is_file():  # conditional tables (the relay's) are absent when unused
+            continue
         code, out = _run([postmap, "-c", str(conf), f"{profile.map_type}:{conf}/{name}"])
         if code != 0:
             ok = False

@@ -136,11 +136,19 @@ def _values(path: str, text: str, param_re: re.Pattern[str]) -> dict[str, str]:
     return out
 
 
-def _config(path: str, text: str, template: str, pattern: str, expected: dict[str, str]) -> None:
-    """Only the template's parameters, each once per section, and the spec-fed ones equal to the model."""
+def _config(
+    path: str,
+    text: str,
+    template: str,
+    pattern: str,
+    expected: dict[str, str],
+    generated: frozenset[tuple[str, str]] = frozenset(),
+) -> None:
+    """Only the template's parameters (and `generated`, made by a loop), each once per section, and the
+    spec-fed ones equal to the model."""
     param_re = re.compile(pattern)
     found = _params(path, text, param_re)
-    allowed = _template_params(template, pattern)
+    allowed = _template_params(template, pattern) | generated
     seen: set[tuple[str, str]] = set()
     for item in found:
         if item not in allowed:
@@ -203,6 +211,45 @@ def _jails(path: str, text: str, spec: Spec) -> None:
                 )
 
 
+def _same(path: str, files: dict[str, str], expected: str | None) -> None:
+    """A file rendered verbatim from what was read at load (a Sieve script, a CA bundle)."""
+    if expected is None:
+        if path in files:
+            raise _fail(path, "present although the spec has no such file")
+        return
+    if files.get(path, "").rstrip("\n") != expected.rstrip("\n"):
+        raise _fail(path, "differs from the file the spec names")
+
+
+def _sieve_and_relay(files: dict[str, str], spec: Spec) -> None:
+    """Sieve scripts are the spec's files; the relay tables hold exactly the relay's one line."""
+    sieve_on = spec.sieve.enabled
+    _same("etc/dovecot/sieve/before.sieve", files, spec.sieve.text("before") if sieve_on else None)
+    _same("etc/dovecot/sieve/after.sieve", files, spec.sieve.text("after") if sieve_on else None)
+    mailbox_scripts = {p for p in files if p.startswith("etc/dovecot/sieve/mailbox/")}
+    expected_scripts = set()
+    for box in spec.mailboxes:
+        where = spec.mailbox_sieve(box)
+        if where is not None:
+            expected_scripts.add(where[1].lstrip("/"))
+            _same(where[1].lstrip("/"), files, box.sieve_text)
+    if mailbox_scripts != expected_scripts:
+        raise _fail("etc/dovecot/sieve/mailbox/", "scripts other than the spec's mailboxes' own")
+    relay = spec.relay_host
+    if relay is not None and relay.authenticated:
+        _expect_table(
+            "etc/postfix/sasl_passwd",
+            files["etc/postfix/sasl_passwd"],
+            {spec.relayhost: f"{relay.username}:{relay.password}"},
+        )
+        _expect_table("etc/postfix/tls_policy", files["etc/postfix/tls_policy"], {spec.relayhost: "secure"})
+    else:
+        for path in ("etc/postfix/sasl_passwd", "etc/postfix/tls_policy"):
+            if path in files:
+                raise _fail(path, "present although the relay needs no login")
+    _same("etc/postfix/relay-ca.pem", files, relay.ca_pem if relay is not None else None)
+
+
 def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
     """Raise Mismatch unless every rendered table and spec-fed parameter says exactly what the model says."""
     _expect_table(
@@ -236,7 +283,7 @@ def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
     _passwd_file(
         "etc/dovecot/users",
         files["etc/dovecot/users"],
-        {b.address: (b.password_hash, dovecot_user_extra(b)) for b in spec.mailboxes},
+        {b.address: (b.password_hash, dovecot_user_extra(spec, b)) for b in spec.mailboxes},
     )
     _config(
         "etc/postfix/main.cf",
@@ -252,18 +299,22 @@ def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
             "message_size_limit": str(spec.message_size_limit),
         },
     )
+    sieve_globals = dict(spec.sieve_before + spec.sieve_after)
     _config(
         "etc/dovecot/dovecot.conf",
         files["etc/dovecot/dovecot.conf"],
         "etc/dovecot/dovecot.conf.j2",
         _PARAM_RE.pattern,
         {
+            **{f"plugin/{setting}": path for setting, path in sieve_globals.items()},
             "listen": spec.dovecot_listen,
             "protocols": " ".join(spec.dovecot_protocols),
             "userdb/default_fields": f"uid={VMAIL_USER} gid={VMAIL_USER} home={spec.mail_root}/%d/%n",
             "protocol lmtp/postmaster_address": f"postmaster@{spec.primary_domain}",
         },
+        frozenset(("plugin", setting) for setting in sieve_globals),
     )
+    _sieve_and_relay(files, spec)
     jail = "etc/fail2ban/jail.d/mailprov.local"
     if (jail in files) != spec.fail2ban.enabled:
         raise _fail(jail, "present although fail2ban is off" if jail in files else "missing")

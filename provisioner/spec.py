@@ -42,6 +42,7 @@ from provisioner.grammar import (
     check_mailbox_address,
     check_network,
     check_password_hash,
+    check_sasl_username,
     check_selector,
     check_sender_grant,
     domain_of,
@@ -115,6 +116,25 @@ class Mailbox(_Strict):
     #: Envelope senders this mailbox may use on submission besides its own address and the aliases that
     #: deliver to it: addresses, or @domain for a whole domain.
     send_as: list[str] = Field(default_factory=list)
+    #: A Sieve script (file on the control machine) run for this mailbox before the user's own filters.
+    sieve: Path | None = None
+    _sieve_text: str | None = PrivateAttr(default=None)
+
+    @field_validator("sieve", mode="before")
+    @classmethod
+    def _sieve_path(cls, value: Any) -> Any:
+        return _path_value(value)
+
+    @model_validator(mode="after")
+    def _read_sieve(self) -> Mailbox:
+        if self.sieve is not None:
+            self._sieve_text = read_sieve_script(self.sieve)
+        return self
+
+    @property
+    def sieve_text(self) -> str | None:
+        """The mailbox's Sieve script as read at load."""
+        return self._sieve_text
 
     @field_validator("address", mode="before")
     @classmethod
@@ -267,23 +287,74 @@ class Submission(_Strict):
 
 
 class RelayHost(_Strict):
-    """An optional smarthost that all outgoing mail goes through."""
+    """An optional smarthost that all outgoing mail goes through, with SASL credentials if it needs them.
+
+    With credentials, TLS to the relay is mandatory and verified (Postfix smtp_tls_security_level = secure
+    against the system CA store, or `ca`), so the password never crosses the network in the clear.
+    """
 
     host: str
     port: StrictInt = Field(default=587, ge=1, le=65535)
     #: false (default) sends to the host itself ([host]); true looks up its MX first.
     mx_lookup: StrictBool = False
+    #: SASL login at the relay; the password is the first line of password_file (never in mail.yml).
+    username: str | None = None
+    password_file: Path | None = None
+    #: PEM CA certificate(s) that the relay's certificate must chain to (default: the system store).
+    ca: Path | None = None
+    _password: str | None = PrivateAttr(default=None)
+    _ca_pem: str | None = PrivateAttr(default=None)
 
     @field_validator("host", mode="before")
     @classmethod
     def _host(cls, value: Any) -> str:
         return check_host(value)
 
+    @field_validator("username", mode="before")
+    @classmethod
+    def _username(cls, value: Any) -> str | None:
+        return None if value is None else check_sasl_username(value)
+
+    @field_validator("password_file", "ca", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return _path_value(value)
+
     @model_validator(mode="after")
-    def _mx_of_name(self) -> RelayHost:
+    def _checks(self) -> RelayHost:
         if self.mx_lookup and (":" in self.host or self.host.replace(".", "").isdigit()):
             raise ValueError("mx_lookup: an IP address has no MX; expected false, or a host name")
+        if (self.username is None) != (self.password_file is None):
+            missing = "password_file" if self.password_file is None else "username"
+            raise _error(
+                ("relay_host", missing), "username and password_file go together (SASL login at the relay)"
+            )
+        if self.password_file is not None:
+            try:
+                self._password = inputfiles.read_secret_line(self.password_file)
+            except ValueError as exc:
+                raise _error(("relay_host", "password_file"), str(exc)) from None
+        if self.ca is not None:
+            try:
+                self._ca_pem = inputfiles.read_ca_bundle(self.ca)
+            except ValueError as exc:
+                raise _error(("relay_host", "ca"), str(exc)) from None
         return self
+
+    @property
+    def authenticated(self) -> bool:
+        """True when the relay needs a SASL login."""
+        return self.username is not None
+
+    @property
+    def password(self) -> str | None:
+        """The relay password as read at load (secret: rendered only into the 0600 sasl_passwd table)."""
+        return self._password
+
+    @property
+    def ca_pem(self) -> str | None:
+        """The CA certificates the relay must chain to, as read at load."""
+        return self._ca_pem
 
 
 class Network(_Strict):
@@ -466,6 +537,63 @@ def private_key_b64(path: Path) -> str:
     return _read_private_key(path)[1]
 
 
+class SieveSettings(_Strict):
+    """Sieve filtering at delivery (Dovecot Pigeonhole) and ManageSieve for users' own filters."""
+
+    enabled: StrictBool = False
+    #: ManageSieve on 4190 (STARTTLS, AUTH only after TLS): users upload their own filters.
+    managesieve: StrictBool = True
+    #: Global scripts (files on the control machine): run before, and after, every user's own filters.
+    before: Path | None = None
+    after: Path | None = None
+    _texts: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("before", "after", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return _path_value(value)
+
+    @model_validator(mode="after")
+    def _read(self) -> SieveSettings:
+        for name in ("before", "after"):
+            path = getattr(self, name)
+            if path is not None:
+                if not self.enabled:
+                    raise _error(("sieve", name), "a global script needs sieve.enabled: true")
+                try:
+                    self._texts[name] = read_sieve_script(path)
+                except ValueError as exc:
+                    raise _error(("sieve", name), str(exc)) from None
+        return self
+
+    def text(self, name: str) -> str | None:
+        """The global 'before' or 'after' script as read at load."""
+        return self._texts.get(name)
+
+
+class Antispam(_Strict):
+    """rspamd as a Postfix milter: SPF, DKIM and DMARC verdicts, spam scores, GTUBE."""
+
+    enabled: StrictBool = False
+    #: Score at which mail is refused at SMTP time (5xx), and at which it gets X-Spam headers (and is filed
+    #: in Junk by the global Sieve script).
+    reject_score: float = Field(default=15.0, gt=0, le=1000)
+    add_header_score: float = Field(default=6.0, gt=0, le=1000)
+
+    @field_validator("reject_score", "add_header_score", mode="before")
+    @classmethod
+    def _score(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("expected a number such as 6 or 15")
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> Antispam:
+        if self.add_header_score >= self.reject_score:
+            raise ValueError("add_header_score must be below reject_score")
+        return self
+
+
 class Inbound(_Strict):
     """Policy for mail arriving unauthenticated on port 25."""
 
@@ -546,6 +674,8 @@ class Spec(_Strict):
     backup_mx: list[str] = Field(default_factory=list)
     inbound: Inbound = Field(default_factory=Inbound)
     fail2ban: Fail2ban = Field(default_factory=Fail2ban)
+    sieve: SieveSettings = Field(default_factory=SieveSettings)
+    antispam: Antispam = Field(default_factory=Antispam)
 
     @field_validator("hostname", mode="before")
     @classmethod
@@ -681,6 +811,51 @@ class Spec(_Strict):
         return list(dict.fromkeys([self.hostname, *self.domain_names]))
 
     @property
+    def open_ports(self) -> list[int]:
+        """The ports this spec serves, ascending."""
+        return sorted(p for p, on in self.ports.items() if on)
+
+    @property
+    def dovecot_protocols(self) -> list[str]:
+        """Dovecot's `protocols` setting."""
+        wanted = (
+            ("imap", self.imap),
+            ("pop3", self.pop3),
+            ("lmtp", True),
+            ("sieve", self.sieve.enabled and self.sieve.managesieve),
+        )
+        return [p for p, on in wanted if on]
+
+    @property
+    def sieve_before(self) -> list[tuple[str, str]]:
+        """(Pigeonhole setting, script path on the host) of the global scripts run before users' own.
+
+        Spam to Junk first (when antispam is on), then the spec's global `before`; a mailbox's own script
+        (from the spec) takes the next setting name, through its userdb extra field.
+        """
+        if not self.sieve.enabled:
+            return []
+        paths = []
+        if self.antispam.enabled:
+            paths.append(f"{SIEVE_DIR}/spam-to-junk.sieve")
+        if self.sieve.before is not None:
+            paths.append(f"{SIEVE_DIR}/before.sieve")
+        return [(_numbered("sieve_before", i), path) for i, path in enumerate(paths)]
+
+    @property
+    def sieve_after(self) -> list[tuple[str, str]]:
+        """(setting, path) of the global script run after users' own filters."""
+        if not self.sieve.enabled or self.sieve.after is None:
+            return []
+        return [("sieve_after", f"{SIEVE_DIR}/after.sieve")]
+
+    def mailbox_sieve(self, box: Mailbox) -> tuple[str, str] | None:
+        """(setting, path) of a mailbox's own spec script (a userdb extra field), or None."""
+        if not self.sieve.enabled or box.sieve_text is None:
+            return None
+        return _numbered("sieve_before", len(self.sieve_before)), f"{SIEVE_DIR}/mailbox/{box.address}.sieve"
+
+    @property
     def ports(self) -> dict[int, bool]:
         """Every mail port and whether this spec serves it."""
         return {
@@ -691,17 +866,8 @@ class Spec(_Strict):
             995: self.pop3,
             143: self.imap,
             993: self.imap,
+            4190: self.sieve.enabled and self.sieve.managesieve,
         }
-
-    @property
-    def open_ports(self) -> list[int]:
-        """The ports this spec serves, ascending."""
-        return sorted(p for p, on in self.ports.items() if on)
-
-    @property
-    def dovecot_protocols(self) -> list[str]:
-        """Dovecot's `protocols` setting."""
-        return [p for p, on in (("imap", self.imap), ("pop3", self.pop3), ("lmtp", True)) if on]
 
     @property
     def inet_interfaces(self) -> str:
@@ -743,6 +909,24 @@ class Spec(_Strict):
         if not self.relay_host.mx_lookup:
             host = f"[{host}]"
         return f"{host}:{self.relay_host.port}"
+
+
+#: Where the Sieve scripts from the spec live on the host (compiled there by apply).
+SIEVE_DIR = "/etc/dovecot/sieve"
+SIEVE_MAX_BYTES = 256 * 1024
+
+
+def _numbered(name: str, index: int) -> str:
+    """Pigeonhole's numbered settings: sieve_before, sieve_before2, sieve_before3, ..."""
+    return name if index == 0 else f"{name}{index + 1}"
+
+
+def read_sieve_script(path: Path) -> str:
+    """A Sieve script file: regular, bounded, UTF-8 text without NUL (sievec judges the language)."""
+    text = inputfiles.read_text(path, SIEVE_MAX_BYTES, "Sieve script")
+    if "\x00" in text:
+        raise ValueError(f"{path} holds a NUL byte; expected a Sieve script")
+    return text
 
 
 def _reachable_mailboxes(start: str, aliases: dict[str, tuple[str, ...]], mailboxes: set[str]) -> list[str]:
@@ -912,24 +1096,48 @@ def _describe(error: Any) -> str:
 
 
 #: File-path fields; relative paths in mail.yml are relative to the file itself.
-_PATH_FIELDS = {"tls": ("cert", "key", "chain"), "dkim": ("public_key", "private_key")}
+_PATH_FIELDS = {
+    "tls": ("cert", "key", "chain"),
+    "dkim": ("public_key", "private_key"),
+    "relay_host": ("password_file", "ca"),
+    "sieve": ("before", "after"),
+}
+
+
+def _joined(value: Any, base_dir: Path | None) -> Any:
+    if isinstance(value, str) and value.strip():
+        path = Path(value.strip()).expanduser()
+        return str(path if path.is_absolute() or base_dir is None else base_dir / path)
+    return value
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    """A shallow copy of data whose relative file paths are joined to base_dir (~ expanded)."""
+    """A copy of data whose relative file paths are joined to base_dir (~ expanded); only the changed
+    branches are copied."""
     out = dict(data)
     for section, keys in _PATH_FIELDS.items():
         block = out.get(section)
-        if not isinstance(block, dict):
-            continue
-        block = dict(block)
-        for key in keys:
-            value = block.get(key)
-            if isinstance(value, str) and value.strip():
-                path = Path(value.strip()).expanduser()
-                block[key] = str(path if path.is_absolute() or base_dir is None else base_dir / path)
-        out[section] = block
+        if isinstance(block, dict) and any(k in block for k in keys):
+            out[section] = {k: (_joined(v, base_dir) if k in keys else v) for k, v in block.items()}
+    domains = out.get("domains")
+    if isinstance(domains, list) and any(
+        isinstance(d, dict)
+        and isinstance(d.get("mailboxes"), list)
+        and any(isinstance(b, dict) and "sieve" in b for b in d["mailboxes"])
+        for d in domains
+    ):
+        out["domains"] = [_resolve_mailbox_paths(d, base_dir) for d in domains]
     return out
+
+
+def _resolve_mailbox_paths(domain: Any, base_dir: Path | None) -> Any:
+    if not isinstance(domain, dict) or not isinstance(domain.get("mailboxes"), list):
+        return domain
+    boxes = [
+        {**b, "sieve": _joined(b["sieve"], base_dir)} if isinstance(b, dict) and "sieve" in b else b
+        for b in domain["mailboxes"]
+    ]
+    return {**domain, "mailboxes": boxes}
 
 
 class _Refused(Exception):

@@ -13,8 +13,9 @@ def private_keys_of_the_checkout_are_private() -> None:
     """git keeps no file modes but +x: keys committed as test data come out 0644, which mailprov refuses."""
     from pathlib import Path
 
-    for key in (Path(__file__).resolve().parent / "golden").rglob("*.key"):
-        key.chmod(0o600)
+    for pattern in ("*.key", "*.password"):
+        for secret in (Path(__file__).resolve().parent / "golden").rglob(pattern):
+            secret.chmod(0o600)
 
 
 @pytest.fixture

@@ -43,5 +43,26 @@ for _module in (core_cmds, lab_cmds, apply_cmds, verify_cmds):
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="mailprov")
+    """Console-script entry point: usage errors are one line on stderr and exit 2, like every other refusal."""
+    import sys
+
+    from typing import Any
+
+    click_exceptions: Any
+    try:
+        from typer._click import exceptions as click_exceptions  # typer >= 0.29 vendors click
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click_exceptions
+
+    try:
+        code = app(prog_name="mailprov", standalone_mode=False)
+    except click_exceptions.UsageError as exc:
+        if not exc.format_message():  # no_args_is_help: the help is the answer
+            sys.exit(2)
+        where = exc.ctx.command_path if exc.ctx is not None else "mailprov"
+        print(f"mailprov: error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
+        sys.exit(2)
+    except click_exceptions.Abort:
+        print("mailprov: error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

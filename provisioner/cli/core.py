@@ -144,13 +144,16 @@ def render_cmd(
         print(out / rel)
     if check:
         # The tree judged is the one just swapped in whole: nothing from an earlier render is left in it.
-        failed = False
+        failed = bad_input = False
         for result in render.check_tree(out, profile):
             status = "ok" if result.ok else ("not run" if not result.ran else "FAILED")
             print(f"{result.tool}: {status}: {result.output}")
             failed |= result.ran and not result.ok
+            if result.input_error and not result.ok:
+                print(f"mailprov: error: {result.output}", file=sys.stderr)
+                bad_input = True
         if failed:
-            raise typer.Exit(1)
+            raise typer.Exit(2 if bad_input else 1)
 
 
 @handle_errors

@@ -33,8 +33,14 @@ def test_real_programs_accept_rendered_tree(
     monkeypatch.chdir("/")  # relative paths in mail.yml resolve against the file, not the working directory
     profile = profiles.get(profile_name)
     render.write_tree(render.render(spec.load(GOLDEN / case / "mail.yml"), profile), tmp_path)
+    model = spec.load(GOLDEN / case / "mail.yml")
     results = render.check_tree(tmp_path, profile)
-    assert [r.tool for r in results] == ["postconf", "doveconf"]
+    expected = ["postconf", "doveconf"]
+    if model.sieve.enabled:
+        expected.append("sievec")
+    if model.fail2ban.enabled:
+        expected.append("fail2ban")
+    assert [r.tool for r in results] == expected
     for result in results:
         assert result.ran, result.output
         assert result.ok, f"{result.tool}: {result.output}"
@@ -48,7 +54,7 @@ def test_check_reports_an_invalid_parameter(tmp_path: Path) -> None:
         fh.write("smtpd_tls_security_levle = may\n")
     with (tmp_path / "etc/dovecot/dovecot.conf").open("a") as fh:
         fh.write("ssl_protocolz = TLSv1.2\n")
-    postconf, doveconf = render.check_tree(tmp_path, profile)
+    postconf, doveconf = render.check_tree(tmp_path, profile)[:2]
     assert not postconf.ok and "smtpd_tls_security_levle" in postconf.output
     assert not doveconf.ok and "ssl_protocolz" in doveconf.output
 
@@ -83,3 +89,36 @@ def test_postconf_sees_the_values_we_meant(tmp_path: Path) -> None:
     ).stdout
     assert "submission inet" in services
     assert "465" not in services  # implicit_tls_465: false in this case
+
+
+@needs_tools
+def test_sieve_script_that_does_not_compile_is_bad_input(tmp_path: Path) -> None:
+    """render --check compiles every Sieve script with the real sievec; a broken one is exit 2 naming it."""
+    import shutil as sh
+    import subprocess
+    import sys
+
+    case = tmp_path / "case"
+    sh.copytree(GOLDEN / "mailbox_features", case, ignore=sh.ignore_patterns("expected"))
+    (case / "relay.password").chmod(0o600)
+    (case / "alice.sieve").write_text('require ["fileinto"];\nif true {\n  fileintoo "x";\n}\n')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "provisioner",
+            "render",
+            str(case / "mail.yml"),
+            "--os",
+            "el9",
+            "-o",
+            str(tmp_path / "out"),
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "alice@features.test.sieve: line 3" in proc.stderr and "fileintoo" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,3 @@
+require ["fileinto"];
+# nothing to do after the user's own filters in this example
+keep;
