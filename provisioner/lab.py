@@ -57,6 +57,17 @@ MAIL_PACKAGES = (
     "dovecot-lmtpd",
     "opendkim",
     "opendkim-tools",
+    # Certificates and MTA-STS: nginx answers HTTP-01 and serves the policy; certbot is the ACME client.
+    "nginx",
+    "certbot",
+    "python3-certbot-nginx",
+    # Mailbox features: Sieve/ManageSieve, rspamd, and fail2ban with its journal backend and nftables.
+    "dovecot-sieve",
+    "dovecot-managesieved",
+    "rspamd",
+    "fail2ban",
+    "python3-systemd",
+    "nftables",
 )
 # Bump when the build recipe changes in a way the package lists do not show.
 BUILD_RECIPE = 2
