@@ -11,6 +11,7 @@ SMTP replies parsed strictly (three digits 2xx-5xx, consistent multi-line replie
 from __future__ import annotations
 
 import contextlib
+import http.client
 import imaplib
 import ipaddress
 import poplib
@@ -35,6 +36,7 @@ from provisioner.checks import bounded
 from provisioner.checks.base import Skip
 from provisioner.checks.bounded import ProtocolError, ReplyTooLarge
 from provisioner.checks.parsers import (
+    STS_MAX_BYTES,
     LookupFailed,
     ReplyError,
     banner_name,
@@ -207,6 +209,93 @@ def verifying_context(cafile: Path | None = None) -> ssl.SSLContext:
         if key not in _verifying:
             _verifying[key] = client_context(verify=True, cafile=cafile)
         return _verifying[key]
+
+
+_https: dict[tuple[str, int, int], ssl.SSLContext] = {}
+
+
+def https_context(cafile: Path | None = None) -> ssl.SSLContext:
+    """A client context as an HTTPS client verifies: chain (system store plus --ca), name and dates.
+
+    Built once per process and trust store, like verifying_context.
+    """
+    key = ("", 0, 0)
+    if cafile is not None:
+        with contextlib.suppress(OSError):
+            stat = Path(cafile).stat()
+            key = (str(cafile), stat.st_size, stat.st_mtime_ns)
+    with _verifying_lock:
+        if key not in _https:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_default_certs()
+            if cafile is not None:
+                ctx.load_verify_locations(cafile=str(cafile))
+            _https[key] = bounded.bound_context(ctx)
+        return _https[key]
+
+
+class PolicyFetchError(Exception):
+    """The MTA-STS policy could not be fetched, or the answer is not one a sender may use (the reason)."""
+
+
+@dataclass
+class StsFetch:
+    """An MTA-STS policy as fetched: where from, and its text."""
+
+    url: str
+    address: str
+    content_type: str
+    text: str
+
+
+#: RFC 8461 section 3.3: the policy's fixed place on the policy host.
+STS_PATH = "/.well-known/mta-sts.txt"
+
+
+class _HTTPS(http.client.HTTPSConnection):
+    """http.client's HTTPS connection to a given address, on a bounded socket (deadline, capped reads)."""
+
+    def __init__(self, host: str, address: str, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(host, 443, timeout=timeout, context=context)
+        self.address = address
+        self.tls_context = context
+
+    def connect(self) -> None:
+        """TCP to the resolved address; TLS with SNI and name checks for the policy host."""
+        raw = bounded.connect(self.address, self.port, self.timeout)
+        self.sock = self.tls_context.wrap_socket(raw, server_hostname=self.host)
+
+
+def read_policy_response(response: http.client.HTTPResponse, url: str) -> tuple[str, str]:
+    """(content type, text) of a policy response, or PolicyFetchError: no redirects, text/plain, <= 64 KB."""
+    if 300 <= response.status < 400:
+        location = response.getheader("Location") or "no Location"
+        raise PolicyFetchError(
+            f"{url} redirects ({response.status} to {location}); RFC 8461 forbids following redirects"
+        )
+    if response.status != 200:
+        raise PolicyFetchError(f"{url} answered HTTP {response.status} {response.reason}")
+    content_type = response.getheader("Content-Type")
+    if content_type is None:
+        raise PolicyFetchError(f"{url} has no Content-Type (expected text/plain)")
+    if content_type.split(";")[0].strip().lower() != "text/plain":
+        raise PolicyFetchError(f"{url} has Content-Type {content_type!r}, not text/plain")
+    length = response.getheader("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) > STS_MAX_BYTES:
+        raise PolicyFetchError(f"{url}: policy of {int(length)} bytes, over {STS_MAX_BYTES} (RFC 8461's cap)")
+    body = bytearray()
+    while True:
+        chunk = response.read(16384)
+        if not chunk:
+            break
+        body += chunk
+        if len(body) > STS_MAX_BYTES:
+            raise PolicyFetchError(f"{url}: policy over {STS_MAX_BYTES} bytes (RFC 8461's cap)")
+    try:
+        return content_type, body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyFetchError(f"{url}: the policy is not UTF-8 text") from None
 
 
 def read_smtp_reply(file: Any) -> tuple[int, list[bytes]]:
@@ -548,6 +637,47 @@ class Context:
     def mx(self, domain: str) -> list[tuple[int, str]]:
         """MX records of a domain as (preference, host)."""
         return parse_mx(self.lookup(domain, "MX") or [])
+
+    def mta_sts_policy(self, domain: str) -> StsFetch:
+        """The policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt (memoised), or PolicyFetchError.
+
+        Verified HTTPS (system store plus --ca, host name, dates), no redirects followed, text/plain, at
+        most 64 KB, within the check's deadline; addresses verify does not probe are refused as elsewhere.
+        """
+        return self.memo(("mta-sts", domain.lower()), lambda: self._fetch_policy(domain))
+
+    def _fetch_policy(self, domain: str) -> StsFetch:
+        host = f"mta-sts.{domain.lower().rstrip('.')}"
+        url = f"https://{host}{STS_PATH}"
+        found = self.addresses_of(host)
+        if not found:
+            raise PolicyFetchError(f"{host} has no A or AAAA record, so {url} cannot be fetched")
+        safe = [address for address in found if self.unsafe_reason(address, host) is None]
+        if not safe:
+            raise PolicyFetchError(self.unsafe_reason(found[0], host) or f"{host}: no usable address")
+        context = https_context(self.options.ca)
+        for index, address in enumerate(safe):
+            conn = _HTTPS(host, address, context, self.io_timeout)
+            try:
+                conn.request(
+                    "GET",
+                    STS_PATH,
+                    headers={"User-Agent": "mailprov-verify", "Accept": "text/plain", "Connection": "close"},
+                )
+                content_type, text = read_policy_response(conn.getresponse(), url)
+                return StsFetch(url, address, content_type, text)
+            except ConnectionRefusedError:
+                if index == len(safe) - 1:
+                    raise PolicyFetchError(f"{url}: connection refused on {address}:443") from None
+            except PolicyFetchError:
+                raise
+            except http.client.HTTPException as exc:
+                raise PolicyFetchError(f"{url}: HTTP protocol error: {type(exc).__name__} {exc}") from None
+            except Exception as exc:
+                raise PolicyFetchError(f"{url} ({address}): {describe(exc)}") from None
+            finally:
+                conn.close()
+        raise PolicyFetchError(f"{url}: no address answered")
 
     # ---- the target -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""DNS checks: MX, null MX, A, forward-confirmed PTR, SPF, DMARC, DKIM, MTA-STS, TLS-RPT.
+"""DNS checks: MX, null MX, A, forward-confirmed PTR, SPF, DMARC, DKIM, MTA-STS (and its policy), TLS-RPT.
 
 Every lookup goes through the context's dnspython resolver (--resolver, else the system's), never the
 libc resolver, so lab and split-horizon names work. Domains come from --domain, the spec, or the host name.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from provisioner.checks.base import Result, Skip, Status, aggregate, check, worst
-from provisioner.checks.context import Context
+from provisioner.checks.context import Context, PolicyFetchError
 from provisioner.checks.parsers import (
     LookupFailed,
     evaluate_spf,
@@ -18,10 +18,13 @@ from provisioner.checks.parsers import (
     judge_mta_sts,
     judge_null_mx,
     judge_spf_all,
+    judge_sts_policy,
     judge_tlsrpt,
     parse_spf,
+    parse_sts_policy,
     spf_limit_problems,
     spf_text,
+    sts_records,
     walk_spf,
 )
 
@@ -215,14 +218,42 @@ def dkim(ctx: Context) -> Result:
     return _per_domain(ctx, "dns.dkim", judge)
 
 
-@check("dns.mta_sts", "MTA-STS record published", needs=("dns",), severity="low")
+@check(
+    "dns.mta_sts", "MTA-STS record published and its policy served", needs=("dns", "net"), severity="medium"
+)
 def mta_sts(ctx: Context) -> Result:
-    """_mta-sts.DOMAIN TXT v=STSv1 with an id (absent = warn; the HTTPS policy is not fetched)."""
+    """_mta-sts TXT with a valid id; then the HTTPS policy is fetched and judged (RFC 8461).
+
+    Absent TXT = warn (fail when the spec says this server serves MTA-STS). A published TXT whose policy
+    cannot be fetched (no redirects, verified TLS, text/plain, <= 64 KB) or is invalid, or whose mx
+    patterns miss an MX host of the domain, fails: senders that honour MTA-STS would not deliver.
+    """
 
     def judge(ctx: Context, domain: str) -> tuple[Status, str, object]:
         txts = ctx.lookup(f"_mta-sts.{domain}", "TXT") or []
         status, reason = judge_mta_sts(txts)
-        return status, reason, txts
+        evidence: dict[str, object] = {"txt": txts}
+        if not sts_records(txts):
+            if ctx.spec is not None and getattr(ctx.spec, "mta_sts_served", False):
+                return "fail", f"no _mta-sts TXT record, but the spec serves MTA-STS for {domain}", evidence
+            return status, reason, evidence
+        verdicts: list[tuple[Status, str]] = [] if status == "pass" else [(status, reason)]
+        try:
+            fetched = ctx.mta_sts_policy(domain)
+        except PolicyFetchError as exc:
+            verdicts.append(("fail", f"_mta-sts TXT is published but the policy is unusable: {exc}"))
+        else:
+            evidence.update(url=fetched.url, address=fetched.address, policy=fetched.text)
+            hosts = [host for _, host in ctx.mx(domain)]
+            policy_status, policy_reason = judge_sts_policy(parse_sts_policy(fetched.text), hosts)
+            if policy_status == "pass":
+                reason = f"{reason}; {policy_reason}" if status == "pass" else reason
+            else:
+                verdicts.append((policy_status, policy_reason))
+        if not verdicts:
+            return "pass", reason, evidence
+        worst_status = worst(s for s, _ in verdicts)
+        return worst_status, "; ".join(r for s, r in verdicts if s == worst_status), evidence
 
     return _per_domain(ctx, "dns.mta_sts", judge)
 

@@ -426,17 +426,123 @@ def judge_dkim(text: str, expected_p: str | None = None) -> tuple[Status, str]:
     return "pass", f"{key.key_type} {key.bits}-bit key{note}"
 
 
+#: RFC 8461 section 3.1: `sts-id = 1*32(ALPHA / DIGIT)`.
+_STS_ID = re.compile(r"[A-Za-z0-9]{1,32}")
+#: RFC 8461 section 3.2: max_age is at most 31557600 seconds (about a year), written as 1*10DIGIT.
+STS_MAX_AGE = 31557600
+#: RFC 8461 section 3.3: senders SHOULD cap the policy body at 64 KB.
+STS_MAX_BYTES = 64 * 1024
+STS_MODES = ("enforce", "testing", "none")
+_LDH = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_STS_MX = re.compile(rf"(?:\*\.)?{_LDH}(?:\.{_LDH})*")
+_STS_FIELD = re.compile(r"([A-Za-z0-9_.-]+):[ \t]*(.*?)[ \t]*")
+
+
+def valid_sts_id(value: str) -> bool:
+    """Whether value is an MTA-STS policy id: 1 to 32 letters or digits."""
+    return _STS_ID.fullmatch(value) is not None
+
+
+def sts_records(txts: list[str]) -> list[str]:
+    """The TXT strings that are MTA-STS records (they begin with `v=STSv1`, then `;` or the end)."""
+    return [t for t in txts if re.match(r"v=STSv1(;|\s*$)", t.strip())]
+
+
 def judge_mta_sts(txts: list[str]) -> tuple[Status, str]:
     """_mta-sts TXT: one v=STSv1 record with an id (absent = warn)."""
-    records = [t for t in txts if t.strip().startswith("v=STSv1")]
+    records = sts_records(txts)
     if not records:
         return "warn", "no _mta-sts TXT record (MTA-STS not published)"
     if len(records) > 1:
         return "fail", f"{len(records)} v=STSv1 records (exactly one allowed)"
-    tags = parse_tags(records[0])
-    if not re.match(r"^[A-Za-z0-9]{1,32}$", tags.get("id", "")):
-        return "fail", "v=STSv1 record without a valid id= (1-32 letters/digits)"
-    return "pass", f"id={tags['id']}"
+    sts_id = parse_tags(records[0]).get("id", "")
+    if not sts_id:
+        return "fail", "v=STSv1 record without an id="
+    if not valid_sts_id(sts_id):
+        return "fail", f"v=STSv1 record with an invalid id={sts_id!r} (expected 1-32 letters or digits)"
+    return "pass", f"id={sts_id}"
+
+
+@dataclass
+class StsPolicy:
+    """An MTA-STS policy file (RFC 8461 section 3.2), as parsed; errors say what is wrong with it."""
+
+    version: str | None = None
+    mode: str | None = None
+    max_age: int | None = None
+    mx: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_sts_policy(text: str) -> StsPolicy:
+    """Parse a policy body: `key: value` lines (CRLF or LF); unknown keys are ignored as the RFC says."""
+    policy = StsPolicy()
+    seen: set[str] = set()
+    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        if not line.strip():
+            continue
+        match = _STS_FIELD.fullmatch(line)
+        if match is None:
+            policy.errors.append(f"line {number} is not 'key: value': {line[:80]!r}")
+            continue
+        key, value = match.groups()
+        if key in seen and key != "mx":
+            policy.errors.append(f"{key} appears more than once")
+            continue
+        seen.add(key)
+        if key == "version":
+            policy.version = value
+            if value != "STSv1":
+                policy.errors.append(f"version {value!r} is not STSv1")
+        elif key == "mode":
+            policy.mode = value
+            if value not in STS_MODES:
+                policy.errors.append(f"mode {value!r} is not one of {', '.join(STS_MODES)}")
+        elif key == "max_age":
+            if re.fullmatch(r"[0-9]{1,10}", value) is None:
+                policy.errors.append(f"max_age {value!r} is not a number of seconds")
+            elif int(value) > STS_MAX_AGE:
+                policy.errors.append(f"max_age {value} is over {STS_MAX_AGE} (RFC 8461's maximum)")
+            else:
+                policy.max_age = int(value)
+        elif key == "mx":
+            if _STS_MX.fullmatch(value.rstrip(".")) is None:
+                policy.errors.append(f"mx {value!r} is not a host name or *.domain pattern")
+            else:
+                policy.mx.append(value.lower().rstrip("."))
+    for key in ("version", "mode", "max_age"):
+        if key not in seen:
+            policy.errors.append(f"no {key} field")
+    if policy.mode in ("enforce", "testing") and "mx" not in seen:
+        policy.errors.append(f"no mx field (required in mode {policy.mode})")
+    return policy
+
+
+def sts_mx_matches(host: str, pattern: str) -> bool:
+    """RFC 8461 section 4.1: exact (case-insensitive), or `*.` standing for exactly one left-most label."""
+    host, pattern = host.lower().rstrip("."), pattern.lower().rstrip(".")
+    if pattern.startswith("*."):
+        return "." in host and host.split(".", 1)[1] == pattern[2:]
+    return host == pattern
+
+
+def judge_sts_policy(policy: StsPolicy, mx_hosts: list[str]) -> tuple[Status, str]:
+    """A parsed policy against the domain's MX hosts: valid, and its mx patterns cover every MX host."""
+    if policy.errors:
+        return "fail", "invalid policy: " + "; ".join(policy.errors)
+    summary = f"mode {policy.mode}, max_age {policy.max_age}"
+    if policy.mode == "none":
+        return "warn", f"{summary}: the policy protects nothing (mode none)"
+    hosts = [h for h in mx_hosts if h != "."]
+    if not hosts:
+        return "warn", f"{summary}; the domain has no MX host for the mx patterns to cover"
+    uncovered = [h for h in hosts if not any(sts_mx_matches(h, p) for p in policy.mx)]
+    if uncovered:
+        return (
+            "fail",
+            f"mx patterns ({', '.join(policy.mx)}) do not cover the MX host(s) {', '.join(uncovered)}",
+        )
+    return "pass", f"{summary}, mx {', '.join(policy.mx)} covers {', '.join(hosts)}"
 
 
 def judge_tlsrpt(txts: list[str]) -> tuple[Status, str]:
@@ -797,12 +903,20 @@ def judge_cert_name(facts: CertFacts, hostname: str) -> tuple[Status, str]:
     return "fail", f"issued for {shown}, not {hostname}"
 
 
-def judge_expiry(not_after: dt.datetime, now: dt.datetime, warn_days: int = 14) -> tuple[Status, str]:
-    """More than warn_days left passes; fewer warns; expired fails."""
+def judge_expiry(
+    not_after: dt.datetime, now: dt.datetime, warn_days: int = 14, fail_days: int = 3
+) -> tuple[Status, str]:
+    """More than warn_days left passes; fewer warns; under fail_days (renewal has failed) or expired fails."""
     left = not_after - now
     day = f"{not_after:%Y-%m-%d}"
     if left.total_seconds() <= 0:
         return "fail", f"expired on {day}"
+    if left < dt.timedelta(days=fail_days):
+        hours = int(left.total_seconds() // 3600)
+        return (
+            "fail",
+            f"expires in {hours} hours ({day}): under {fail_days} days left, renewal has not happened",
+        )
     if left < dt.timedelta(days=warn_days):
         return "warn", f"expires in {left.days} days ({day})"
     return "pass", f"{left.days} days left (until {day})"
@@ -827,6 +941,75 @@ def pem_fingerprints(text: str) -> list[str]:
         cert = x509.load_pem_x509_certificate(block.encode())
         out.append(cert.fingerprint(hashes.SHA256()).hex())
     return out
+
+
+#: master.cf service names of Postfix's TLS-speaking smtpd listeners, by port.
+POSTFIX_SERVICE_PORTS = {"smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
+
+
+def _cert_paths(cert_file: str, chain_files: str) -> list[str]:
+    # smtpd_tls_chain_files, when set, replaces smtpd_tls_cert_file (Postfix >= 3.4).
+    chain = [p for p in chain_files.replace(",", " ").split() if p.startswith("/")]
+    return chain or [p for p in cert_file.replace(",", " ").split() if p.startswith("/")]
+
+
+def postfix_cert_paths(cert_file: str, chain_files: str, per_service: str) -> dict[int, list[str]]:
+    """Certificate files Postfix serves per TLS port: main.cf's values, overridden per master.cf service.
+
+    per_service is `postconf -P` output (`submission/inet/smtpd_tls_cert_file = /path`); a service is named
+    `smtp`, `submission`, `smtps`/`submissions`, or `[ADDR:]PORT`.
+    """
+    settings: dict[int, dict[str, str]] = {port: {} for port in (25, 587, 465)}
+    for line in per_service.splitlines():
+        name, _, value = line.partition("=")
+        parts = name.strip().split("/")
+        if (
+            len(parts) != 3
+            or parts[1] != "inet"
+            or parts[2] not in ("smtpd_tls_cert_file", "smtpd_tls_chain_files")
+        ):
+            continue
+        service = parts[0].rsplit(":", 1)[-1]
+        port = POSTFIX_SERVICE_PORTS.get(service) or (int(service) if service.isdigit() else None)
+        if port in settings:
+            settings[port][parts[2]] = value.strip()
+    out: dict[int, list[str]] = {}
+    for port, own in settings.items():
+        if "smtpd_tls_chain_files" in own:
+            paths = _cert_paths("", own["smtpd_tls_chain_files"])
+        elif "smtpd_tls_cert_file" in own:
+            paths = _cert_paths(own["smtpd_tls_cert_file"], "")
+        else:
+            paths = _cert_paths(cert_file, chain_files)
+        out[port] = paths
+    return out
+
+
+def dovecot_cert_path(ssl_cert: str) -> str | None:
+    """The file of `doveconf -h ssl_cert` (`</path`), or None when it names none."""
+    value = ssl_cert.strip()
+    if value.startswith("<") and value[1:].strip().startswith("/"):
+        return value[1:].strip()
+    return None
+
+
+def judge_cert_on_disk(served: str, files: dict[str, str | None]) -> tuple[Status, str]:
+    """served: the port's certificate fingerprint; files: configured path -> its first certificate's.
+
+    The first certificate of the configured files (in order) is the leaf the daemon serves.
+    """
+    if not files:
+        return "fail", "no certificate file configured"
+    for path, fingerprint in files.items():
+        if fingerprint is None:
+            continue
+        if fingerprint == served:
+            return "pass", f"serves {path} ({served[:16]}…)"
+        return (
+            "fail",
+            f"serves {served[:16]}… but {path} holds {fingerprint[:16]}… (not reloaded since the file changed?)",
+        )
+    return "fail", f"no certificate in {', '.join(files)}"
 
 
 def sha256_hex(data: bytes) -> str:

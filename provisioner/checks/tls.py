@@ -16,10 +16,13 @@ from provisioner.checks.context import SMTP_PORTS, TLS_PORTS, Context, TlsInfo, 
 from provisioner.checks.parsers import (
     CertFacts,
     cert_facts,
+    dovecot_cert_path,
     judge_cert_key,
     judge_cert_name,
+    judge_cert_on_disk,
     judge_expiry,
     pem_fingerprints,
+    postfix_cert_paths,
 )
 
 PROBED_VERSIONS = (
@@ -77,7 +80,7 @@ def _served_ports_fail(ctx: Context, result: Result) -> Result:
     )
 
 
-def _tls_check(id: str, title: str, severity: str = "high") -> Any:
+def _tls_check(id: str, title: str, severity: str = "high", needs: tuple[str, ...] = ("net",)) -> Any:
     """Register a tls.* check that also fails for every served port whose TLS did not work."""
 
     def register(fn: Any) -> Any:
@@ -85,7 +88,7 @@ def _tls_check(id: str, title: str, severity: str = "high") -> Any:
             return _served_ports_fail(ctx, fn(ctx))
 
         wrapped.__doc__ = fn.__doc__
-        check(id, title, needs=("net",), severity=severity)(wrapped)  # type: ignore[arg-type]
+        check(id, title, needs=needs, severity=severity)(wrapped)  # type: ignore[arg-type]
         return fn
 
     return register
@@ -194,7 +197,7 @@ def cert_chain(ctx: Context) -> Result:
 
 @_tls_check("tls.cert.expiry", "The certificate is not about to expire", severity="high")
 def cert_expiry(ctx: Context) -> Result:
-    """More than 14 days left (under 14 = warn, expired = fail)."""
+    """More than 14 days left (under 14 = warn; under 3 or expired = fail)."""
     _, facts = _certs(ctx, "tls.cert.expiry")
     now = dt.datetime.now(dt.UTC)
     dates = {p: f.not_after.isoformat() for p, f in facts.items()}
@@ -259,6 +262,62 @@ def cert_same(ctx: Context) -> Result:
             "tls.cert.same", "fail", f"served certificate differs from {', '.join(stale)}", evidence
         )
     return Result("tls.cert.same", "pass", reason + f", equal to {', '.join(files)}", evidence)
+
+
+def _first_cert_fingerprint(ctx: Context, path: str) -> str | None:
+    f = ctx.host.file(path)
+    if not f.exists:
+        return None
+    try:
+        prints = pem_fingerprints(f.content_string)
+    except ValueError:
+        return None
+    return prints[0] if prints else None
+
+
+def configured_cert_files(ctx: Context) -> dict[int, list[str]]:
+    """The certificate files each TLS port's daemon is configured with (Postfix: 25/587/465, Dovecot: 993/995)."""
+
+    def value(cmd: str) -> str:
+        out = _host_run(ctx, cmd)
+        return str(out.stdout) if out.rc == 0 else ""
+
+    files = postfix_cert_paths(
+        value("postconf -h smtpd_tls_cert_file"),
+        value("postconf -h smtpd_tls_chain_files"),
+        value("postconf -P"),
+    )
+    dovecot = dovecot_cert_path(value("doveconf -h ssl_cert"))
+    for port in (993, 995):
+        files[port] = [dovecot] if dovecot else []
+    return files
+
+
+def _host_run(ctx: Context, cmd: str) -> Any:
+    from provisioner.checks.host import _warm  # the host module registers checks: import on use
+
+    _warm(ctx)
+    return ctx.host.run(cmd)
+
+
+@_tls_check("tls.cert.disk", "Each TLS port serves the certificate on disk", needs=("net", "ssh"))
+def cert_disk(ctx: Context) -> Result:
+    """With --ssh/--local: each TLS port serves the certificate in the file its daemon is configured with.
+
+    Postfix's `smtpd_tls_chain_files`/`smtpd_tls_cert_file` (per master.cf service) for 25, 587 and 465,
+    Dovecot's `ssl_cert` for 993 and 995; compared by SHA-256 fingerprint. A difference means a new
+    certificate was installed but the daemon still serves the old one (a missed reload).
+    """
+    _, facts = _certs(ctx, "tls.cert.disk")
+    configured = configured_cert_files(ctx)
+    parts: dict[str, tuple[Status, str]] = {}
+    evidence: dict[str, object] = {}
+    for port, fact in sorted(facts.items()):
+        paths = configured.get(port, [])
+        files = {path: _first_cert_fingerprint(ctx, path) for path in paths}
+        parts[f"port {port}"] = judge_cert_on_disk(fact.sha256, files)
+        evidence[str(port)] = {"served": fact.sha256, "files": files}
+    return aggregate("tls.cert.disk", parts, evidence)
 
 
 # ---- cipher suites (trust work) ----------------------------------------------------------------------

@@ -386,6 +386,12 @@ def test_expiry() -> None:
     assert p.judge_expiry(now + dt.timedelta(days=60), now)[0] == "pass"
     assert p.judge_expiry(now + dt.timedelta(days=5), now) == ("warn", "expires in 5 days (2025-06-06)")
     assert p.judge_expiry(now - dt.timedelta(days=1), now) == ("fail", "expired on 2025-05-31")
+    assert p.judge_expiry(now + dt.timedelta(days=14, seconds=1), now)[0] == "pass"
+    assert p.judge_expiry(now + dt.timedelta(days=13, hours=23), now)[0] == "warn"
+    assert p.judge_expiry(now + dt.timedelta(days=3, seconds=1), now)[0] == "warn"
+    status, reason = p.judge_expiry(now + dt.timedelta(days=2, hours=23), now)
+    assert status == "fail" and reason.startswith("expires in 71 hours (2025-06-03): under 3 days left")
+    assert p.judge_expiry(now + dt.timedelta(seconds=30), now)[0] == "fail"
 
 
 def test_cert_key() -> None:

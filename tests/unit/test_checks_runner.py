@@ -54,6 +54,7 @@ CATALOG_IDS = [
     "tls.cert.expiry",
     "tls.cert.key",
     "tls.cert.same",
+    "tls.cert.disk",
     "tls.ciphers",
     "imap.port.143",
     "imap.port.993",
@@ -88,13 +89,15 @@ def test_catalog_metadata() -> None:
     assert CATALOG["smtp.roundtrip"].needs == ("net", "creds")
     assert CATALOG["dns.dkim"].needs == ("dns", "spec")
     assert CATALOG["host.drift"].needs == ("ssh", "spec")
+    assert CATALOG["tls.cert.disk"].needs == ("net", "ssh")  # skipped with the reason without host access
+    assert CATALOG["dns.mta_sts"].needs == ("dns", "net")  # fetches the policy over HTTPS
 
 
 def test_select_patterns() -> None:
     assert [c.id for c in select(["smtp.port.*"])] == ["smtp.port.25", "smtp.port.587", "smtp.port.465"]
     assert {c.id for c in select(["tls"])} == {i for i in CATALOG_IDS if i.startswith("tls.")}
     assert [c.id for c in select(["dns.spf", " ", "dns.spf"])] == ["dns.spf"]
-    assert len(select(["tls.cert"])) == 5
+    assert len(select(["tls.cert"])) == 6
     with pytest.raises(ValueError, match="nope"):
         select(["dns.spf", "nope"])
 
