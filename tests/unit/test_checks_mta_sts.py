@@ -124,11 +124,7 @@ def test_coverage_of_every_mx_host() -> None:
     status, reason = p.judge_sts_policy(policy, ["mail.example.org", "mx2.backup.example.org"])
     assert status == "pass" and "mode enforce, max_age 604800" in reason
     status, reason = p.judge_sts_policy(policy, ["mail.example.org", "mx3.example.org"])
-    assert (
-        status == "fail"
     assert status == "fail" and reason.endswith("do not cover the MX host(s) mx3.example.org")
-        and "mail.example.org," not in reason.split("host")[1]
-    )
     assert p.judge_sts_policy(policy, ["."])[0] == "warn"  # null MX: nothing to cover
     assert p.judge_sts_policy(policy, [])[0] == "warn"
 
