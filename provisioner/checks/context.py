@@ -261,10 +261,30 @@ class _HTTPS(http.client.HTTPSConnection):
         self.address = address
         self.tls_context = context
 
+        self.held: list[socket.socket] = []
+
     def connect(self) -> None:
         """TCP to the resolved address; TLS with SNI and name checks for the policy host."""
         raw = bounded.connect(self.address, self.port, self.timeout)
         self.sock = self.tls_context.wrap_socket(raw, server_hostname=self.host)
+        self.held.append(self.sock)
+
+    def release(self) -> None:
+        """Close the connection's socket for good (after the response has been read)."""
+        self.close()
+        for sock in self.held:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.held.clear()
+
+    def close(self) -> None:
+        """Forget the socket without closing it: the response still reads from it.
+
+        http.client closes its connection as soon as a response says the connection will close; a
+        regular socket survives that through makefile()'s reference count, our bounded reader does not.
+        """
+        self.sock = None
+        super().close()
 
 
 def read_policy_response(response: http.client.HTTPResponse, url: str) -> tuple[str, str]:
@@ -676,7 +696,7 @@ class Context:
             except Exception as exc:
                 raise PolicyFetchError(f"{url} ({address}): {describe(exc)}") from None
             finally:
-                conn.close()
+                conn.release()
         raise PolicyFetchError(f"{url}: no address answered")
 
     # ---- the target -------------------------------------------------------------------------------

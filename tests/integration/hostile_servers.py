@@ -609,6 +609,7 @@ def base_zone(address: str, domain: str = "hostile.test") -> dict[tuple[str, str
         (domain, "TXT"): [f"v=spf1 ip4:{address} -all"],
         (f"_dmarc.{domain}", "TXT"): ["v=DMARC1; p=reject"],
         (f"_mta-sts.{domain}", "TXT"): ["v=STSv1; id=1"],
+        (f"mta-sts.{domain}", "A"): [address],  # the policy host (tests/integration/policy_server.py)
         (f"_smtp._tls.{domain}", "TXT"): [f"v=TLSRPTv1; rua=mailto:tls@{domain}"],
         (reverse, "PTR"): [f"{HOSTNAME}."],
     }
@@ -619,7 +620,7 @@ def server_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
     from verify_servers import TestCA
 
     ca = TestCA(directory)
-    chain, key = ca.issue("hostile", HOSTNAME)
+    chain, key = ca.issue("hostile", HOSTNAME, extra=("mta-sts.hostile.test",))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # AEAD only, like a well-configured server

@@ -50,6 +50,7 @@ from hostile_servers import (
     plaintext_auth,
     server_context,
 )
+from policy_server import GOOD_POLICY, Answer, PolicyServer
 
 pytestmark = [
     pytest.mark.integration,
@@ -165,6 +166,9 @@ def serve(tls: tuple[Any, Path]) -> Iterator[Any]:
     ) -> tuple[MailHost, FakeZone]:
         host = cls(ADDRESS, tls[0]).start()
         started.append(host)
+        # A well-behaved MTA-STS policy host beside every fake mail host (dns.mta_sts fetches it).
+        policy = GOOD_POLICY.format(mx=HOSTNAME).encode()
+        started.append(PolicyServer(ADDRESS, tls[0], {"mta-sts.hostile.test": Answer(policy)}).__enter__())
         fake = FakeZone(zone if zone is not None else base_zone(ADDRESS)).__enter__()
         started.append(fake)
         return host, fake
@@ -190,7 +194,13 @@ def test_control_host_passes(serve: Any, tls: tuple[Any, Path], spec_file: Path)
     # The fake host has no DKIM key (the spec names none): a warning, not a failure.
     assert set(failed) == {"dns.dkim"}, failed
     assert run.code == 0
-    for check_id in ("smtp.auth_after_tls", "imap.login_disabled", "smtp.open_relay", "tls.versions"):
+    for check_id in (
+        "smtp.auth_after_tls",
+        "imap.login_disabled",
+        "smtp.open_relay",
+        "tls.versions",
+        "dns.mta_sts",
+    ):
         assert run.status(check_id)[0] == "pass", run.status(check_id)
 
 

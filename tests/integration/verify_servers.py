@@ -100,8 +100,10 @@ class TestCA:
         self.path = directory / "ca.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, hostname: str, days: int = 90, expired: bool = False) -> tuple[Path, Path]:
-        """Issue a certificate for hostname: (chain PEM path, key PEM path)."""
+    def issue(
+        self, name: str, hostname: str, days: int = 90, expired: bool = False, extra: tuple[str, ...] = ()
+    ) -> tuple[Path, Path]:
+        """Issue a certificate for hostname (and extra names): (chain PEM path, key PEM path)."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         now = dt.datetime.now(dt.UTC)
         start, end = (
@@ -120,7 +122,9 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in (hostname, *extra)]), critical=False
+            )
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
