@@ -6,7 +6,6 @@ serves exactly these records, and `mailprov verify` checks them.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from dataclasses import asdict, dataclass
@@ -60,18 +59,6 @@ def dkim_public_key_b64(path: Path) -> str:
         raise UsageError(f"dkim.public_key: {exc}") from None
 
 
-def mta_sts_policy(spec: Spec) -> str:
-    """The MTA-STS policy file (served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt)."""
-    # Every MX (primary and backups) must be listed, or senders enforcing the policy refuse the backups.
-    mx_lines = "".join(f"mx: {host}\n" for _, host in spec.mx_hosts)
-    return f"version: STSv1\nmode: testing\n{mx_lines}max_age: 86400\n"
-
-
-def mta_sts_id(spec: Spec) -> str:
-    """A policy id that changes exactly when the policy text changes."""
-    return hashlib.sha256(mta_sts_policy(spec).encode()).hexdigest()[:20]
-
-
 def check_server_address(value: str, version: int, label: str) -> str:
     """The mail server's address for an A (version 4) or AAAA (6) record, canonical; UsageError naming label.
 
@@ -113,10 +100,14 @@ def records(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> lis
         ipv6 = check_server_address(ipv6, 6, "--ipv6")
     out: list[Record] = []
     host = spec.hostname
-    if ipv4:
-        out.append(Record(host, "A", ipv4))
-    if ipv6:
-        out.append(Record(host, "AAAA", ipv6))
+    # The mta-sts names (policy host) point at this server, which serves the policy over HTTPS.
+    web_names = [host, *(spec.mta_sts_names if spec.mta_sts_served else [])]
+    web_names += [n for n in spec.tls.extra_names if n not in web_names]
+    for name in web_names:
+        if ipv4:
+            out.append(Record(name, "A", ipv4))
+        if ipv6:
+            out.append(Record(name, "AAAA", ipv6))
     # Each server's HELO name gets its own SPF so that bounces (empty MAIL FROM) are authorised too.
     mx_hosts = spec.mx_hosts
     for _, server in mx_hosts:
@@ -135,7 +126,8 @@ def records(spec: Spec, ipv4: str | None = None, ipv6: str | None = None) -> lis
             out.append(
                 Record(f"{spec.dkim.selector}._domainkey.{domain}", "TXT", f"v=DKIM1; k=rsa; p={dkim_key}")
             )
-        out.append(Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={mta_sts_id(spec)}"))
+        if spec.mta_sts_served:
+            out.append(Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={spec.mta_sts_id}"))
         tls_rua = spec.dns.tlsrpt_rua or f"postmaster@{domain}"
         out.append(Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:{tls_rua}"))
     if ipv4:
@@ -165,10 +157,18 @@ def advice(spec: Spec, ipv4: str | None, ipv6: str | None) -> list[str]:
         )
     elif not spec.dkim.signing:
         notes.append("DKIM: the key is published but nothing signs with it (set dkim.private_key to sign)")
-    notes.append(
-        "MTA-STS: serve this policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt: "
-        + mta_sts_policy(spec).replace("\n", "; ").rstrip("; ")
-    )
+    policy = spec.mta_sts_policy.replace("\r\n", "; ").rstrip("; ")
+    if spec.mta_sts_served:
+        notes.append(
+            f"MTA-STS: this server serves the policy over HTTPS for {', '.join(spec.mta_sts_names)}: {policy}"
+        )
+    else:
+        notes.append(
+            "MTA-STS: not published; it needs a certificate for the mta-sts names that senders can verify "
+            "(tls.mode acme, or tls.mode files with a certificate covering "
+            + ", ".join(spec.mta_sts_names)
+            + ")"
+        )
     return notes
 
 

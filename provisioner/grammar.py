@@ -276,6 +276,35 @@ def check_sasl_username(value: Any) -> str:
     return text
 
 
+_URL_PATH_RE = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*")
+
+
+def check_https_url(value: Any, what: str = "URL") -> str:
+    """An https URL (an ACME directory): host name or IP, optional port, a plain path; nothing else."""
+    from urllib.parse import urlsplit
+
+    text = text_value(value, what)
+    expected = f"expected an https URL such as https://acme.example.org/directory, got {value!r}"
+    if len(text) > 2048 or " " in text:
+        raise ValueError(expected)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(expected) from None
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        raise ValueError(expected + " (https only, no user or password)")
+    if parts.fragment or not _URL_PATH_RE.fullmatch(parts.path):
+        raise ValueError(expected)
+    if port == 0:
+        raise ValueError(expected)
+    try:
+        check_host(parts.hostname)
+    except ValueError:
+        raise ValueError(expected + " (the host must be a domain name or an IP address)") from None
+    return text
+
+
 def check_host(value: Any) -> str:
     """A host name or an IP address (relay hosts)."""
     text = text_value(value, "host")

@@ -20,7 +20,7 @@ import jinja2
 
 from provisioner import TEMPLATES_DIR, outdir, renderguard
 from provisioner.errors import RenderError
-from provisioner.profiles import Profile
+from provisioner.profiles import MOZILLA_INTERMEDIATE, Profile
 from provisioner.spec import Mailbox, Spec, format_size, paused_gc
 
 HEADER = "Managed by mailprov: local changes are overwritten on the next apply."
@@ -43,6 +43,8 @@ DKIM_MILTER_PORT = 8891
 RSPAMD_MILTER_PORT = 11332
 #: Dovecot runs this for quota warnings (service quota-warning).
 QUOTA_WARNING_SCRIPT = "/usr/local/bin/mailprov-quota-warning"
+#: The certificate transaction on the host (apply and ACME renewals run it).
+TLS_DEPLOY_SCRIPT = "/usr/local/sbin/mailprov-tls-deploy"
 #: The smarthost's CA when the spec names one (relay_host.ca).
 RELAY_CA_FILE = "/etc/postfix/relay-ca.pem"
 
@@ -60,6 +62,9 @@ CONDITIONAL_TEMPLATES: tuple[tuple[str, Callable[[Spec], bool]], ...] = (
     ("etc/dovecot/sieve/before.sieve.j2", lambda s: s.sieve.enabled and s.sieve.before is not None),
     ("etc/dovecot/sieve/after.sieve.j2", lambda s: s.sieve.enabled and s.sieve.after is not None),
     ("etc/rspamd/", lambda s: s.antispam.enabled),
+    ("etc/nginx/conf.d/mailprov.conf.j2", lambda s: s.web_served),
+    ("etc/nginx/mailprov/mta-sts.txt.j2", lambda s: s.mta_sts_served),
+    ("etc/mailprov/acme-ca.pem.j2", lambda s: s.tls.ca_pem is not None),
 )
 
 #: Generated (not templated) files: each mailbox's own Sieve script from the spec.
@@ -88,7 +93,7 @@ def file_meta(path: str, profile: Profile) -> FileMeta:
         return FileMeta("root", profile.dovecot_group, "0640")
     if path == "etc/postfix/sasl_passwd":
         return FileMeta("root", "root", "0600")
-    if path == QUOTA_WARNING_SCRIPT.lstrip("/"):
+    if path in (QUOTA_WARNING_SCRIPT.lstrip("/"), TLS_DEPLOY_SCRIPT.lstrip("/")):
         return FileMeta("root", "root", "0755")
     return FileMeta("root", "root", "0644")
 
@@ -148,7 +153,90 @@ def context(spec: Spec, profile: Profile) -> dict[str, object]:
         if spec.relay_host is not None and spec.relay_host.ca_pem is not None
         else profile.ca_bundle,
         **_milters(spec),
+        "tls_deploy": tls_deploy_config(spec, profile),
+        "web_listen": _web_listen(spec),
     }
+
+
+#: Where apply and ACME renewals stage a new certificate, and keep the ones they replaced.
+TLS_STAGE_DIR = "/etc/mailprov/tls-stage"
+TLS_BACKUP_DIR = "/var/backups/mailprov/tls"
+#: The ACME CA bundle on the host (tls.ca_bundle), and where HTTP-01 challenges are answered from.
+ACME_CA_FILE = "/etc/mailprov/acme-ca.pem"
+ACME_WEBROOT = "/var/lib/mailprov/acme"
+#: How each TLS port is probed: implicit TLS, or STARTTLS in its protocol.
+_TLS_PROBES = {
+    25: "smtp",
+    587: "smtp",
+    465: None,
+    143: "imap",
+    993: None,
+    110: "pop3",
+    995: None,
+    4190: "sieve",
+}
+
+
+def tls_deploy_config(spec: Spec, profile: Profile) -> dict[str, object]:
+    """Settings of the host's certificate transaction (mailprov-tls-deploy) and of ACME issuance."""
+    acme = spec.tls.mode == "acme"
+    if acme:
+        names = spec.certificate_names
+    elif spec.tls.mode == "self-signed":
+        names = [spec.hostname]
+    else:
+        names = spec.mta_sts_names if spec.mta_sts_served else []
+    probes: list[dict[str, object]] = [
+        {"port": port, "starttls": _TLS_PROBES[port]} for port in spec.open_ports if port in _TLS_PROBES
+    ]
+    if spec.mta_sts_served:
+        probes.append({"port": 443, "starttls": None, "sni": spec.mta_sts_names[0]})
+    reload = [["postfix", "reload"], ["doveadm", "reload"]]
+    if spec.web_served:
+        reload.append(["systemctl", "reload", "nginx"])
+    config: dict[str, object] = {
+        "mode": spec.tls.mode,
+        "cert": profile.tls_cert,
+        "key": profile.tls_key,
+        "names": names,
+        "min_days": 7 if acme else 0,
+        "ca_file": (ACME_CA_FILE if spec.tls.ca_pem is not None else profile.ca_bundle) if acme else None,
+        "probe_host": probe_address(spec),
+        "probes": probes,
+        "probe_seconds": 20,
+        "reload": reload,
+        "stage": TLS_STAGE_DIR,
+        "backup_dir": TLS_BACKUP_DIR,
+    }
+    if acme:
+        config["acme"] = {
+            "email": spec.tls.email,
+            "directory": spec.tls.directory,
+            "names": spec.certificate_names,
+            "webroot": ACME_WEBROOT,
+            "ca_bundle": ACME_CA_FILE if spec.tls.ca_pem is not None else None,
+        }
+    return config
+
+
+def probe_address(spec: Spec) -> str:
+    """Where the host probes its own services: loopback, or the first listen address when listed."""
+    if isinstance(spec.network.interfaces, list):
+        return spec.network.interfaces[0]
+    return "127.0.0.1" if spec.network.ipv4 else "::1"
+
+
+def _web_listen(spec: Spec) -> list[str]:
+    """nginx listen addresses (without the port)."""
+    if isinstance(spec.network.interfaces, list):
+        return [f"[{a}]" if ":" in a else a for a in spec.network.interfaces]
+    loopback = spec.network.interfaces == "loopback-only"
+    out = []
+    if spec.network.ipv4:
+        out.append("127.0.0.1" if loopback else "0.0.0.0")
+    if spec.network.ipv6:
+        out.append("[::1]" if loopback else "[::]")
+    return out
 
 
 def _milters(spec: Spec) -> dict[str, object]:
@@ -298,7 +386,31 @@ def check_tree(tree: Path, profile: Profile) -> list[CheckResult]:
         jail = tree / "etc/fail2ban/jail.d/mailprov.local"
         if jail.is_file():
             results.append(_check_fail2ban(jail, scratch))
+        site = tree / "etc/nginx/conf.d/mailprov.conf"
+        if site.is_file():
+            results.append(_check_nginx(site, scratch, cert, key, profile))
     return results
+
+
+def _check_nginx(site: Path, scratch: Path, cert: Path, key: Path, profile: Profile) -> CheckResult:
+    """nginx -t on a scratch nginx.conf holding the rendered server blocks (certificates stood in)."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        return CheckResult("nginx", False, False, "nginx not installed (Debian: nginx)")
+    conf = scratch / "nginx"
+    conf.mkdir()
+    text = site.read_text().replace(profile.tls_cert, str(cert)).replace(profile.tls_key, str(key))
+    # EL's PROFILE=SYSTEM exists only in RHEL's OpenSSL: judge the rest with this OpenSSL's list.
+    text = text.replace(profile.tls_mandatory_ciphers, MOZILLA_INTERMEDIATE)
+    (conf / "mailprov.conf").write_text(text)
+    (conf / "nginx.conf").write_text(
+        f"pid {conf}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {conf}/mailprov.conf;\n}}\n"
+    )
+    code, out = _run([nginx, "-t", "-q", "-p", str(conf), "-c", str(conf / "nginx.conf")])
+    if code != 0:
+        return CheckResult("nginx", True, False, "nginx -t: " + " ".join(out.split())[-400:])
+    return CheckResult("nginx", True, True, "nginx -t: syntax is ok")
 
 
 def _check_sieve(scripts: list[Path], tree: Path, scratch: Path) -> CheckResult:

@@ -250,6 +250,55 @@ def _sieve_and_relay(files: dict[str, str], spec: Spec) -> None:
     _same("etc/postfix/relay-ca.pem", files, relay.ca_pem if relay is not None else None)
 
 
+_NGINX_LINE_RE = re.compile(
+    r"(?:[a-z_]+(?: [^;{}#]+)?;|(?:server|events|http|types|location(?: [=^~]{1,2})? [^;{}#\s]+) ?\{|\}|types \{ \})"
+)
+
+
+def _nginx(path: str, text: str, spec: Spec, web_listen: list[str]) -> None:
+    """Only directives and blocks; server_name and listen lines exactly the model's names and addresses."""
+    for number, raw in _entries(path, text):
+        line = raw.strip()
+        if line and not line.startswith("#") and not _NGINX_LINE_RE.fullmatch(line):
+            raise _fail(path, f"line {number} is not a directive or block")
+    names = [ln.strip() for ln in text.split("\n") if ln.strip().startswith("server_name ")]
+    expected = []
+    if spec.tls.mode == "acme":
+        expected.append("server_name " + " ".join(spec.certificate_names) + ";")
+    if spec.mta_sts_served:
+        expected.append("server_name " + " ".join(spec.mta_sts_names) + ";")
+    if names != expected:
+        raise _fail(path, f"server names {names}, the spec says {expected}")
+    listens = {ln.strip() for ln in text.split("\n") if ln.strip().startswith("listen ")}
+    allowed = {f"listen {a}:{p};" for a in web_listen for p in (80,)} | {
+        f"listen {a}:443 ssl;" for a in web_listen
+    }
+    if not listens <= allowed:
+        raise _fail(path, f"listen lines {sorted(listens - allowed)} are not the spec's addresses")
+
+
+def _web_and_tls(files: dict[str, str], spec: Spec, profile: Profile) -> None:
+    """The certificate transaction's settings, the MTA-STS policy, nginx and the ACME CA are the model's."""
+    import json
+
+    from provisioner.render import _web_listen, tls_deploy_config
+
+    path = "etc/mailprov/tls-deploy.json"
+    try:
+        found = json.loads(files[path])
+    except (KeyError, ValueError):
+        raise _fail(path, "missing or not JSON") from None
+    if found != json.loads(json.dumps(tls_deploy_config(spec, profile))):
+        raise _fail(path, "settings differ from the model's")
+    _same("etc/nginx/mailprov/mta-sts.txt", files, spec.mta_sts_policy if spec.mta_sts_served else None)
+    _same("etc/mailprov/acme-ca.pem", files, spec.tls.ca_pem)
+    nginx = "etc/nginx/conf.d/mailprov.conf"
+    if (nginx in files) != spec.web_served:
+        raise _fail(nginx, "present although nothing is served over HTTP" if nginx in files else "missing")
+    if nginx in files:
+        _nginx(nginx, files[nginx], spec, _web_listen(spec))
+
+
 def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
     """Raise Mismatch unless every rendered table and spec-fed parameter says exactly what the model says."""
     _expect_table(
@@ -315,6 +364,7 @@ def check_rendered(files: dict[str, str], spec: Spec, profile: Profile) -> None:
         frozenset(("plugin", setting) for setting in sieve_globals),
     )
     _sieve_and_relay(files, spec)
+    _web_and_tls(files, spec, profile)
     jail = "etc/fail2ban/jail.d/mailprov.local"
     if (jail in files) != spec.fail2ban.enabled:
         raise _fail(jail, "present although fail2ban is off" if jail in files else "missing")

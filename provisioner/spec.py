@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import gc
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from provisioner.grammar import (
     check_domain,
     check_duration,
     check_host,
+    check_https_url,
     check_ip_list,
     check_mail_root,
     check_mailbox_address,
@@ -243,23 +245,59 @@ class Domain(_Strict):
         return self
 
 
-class TLS(_Strict):
-    """Where the server certificate comes from; in files mode the files are read and judged at load."""
+#: Let's Encrypt's production ACME directory: the default for tls.mode acme.
+LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 
-    mode: Literal["self-signed", "files"] = "self-signed"
+
+class TLS(_Strict):
+    """Where the server certificate comes from; in files mode the files are read and judged at load.
+
+    acme: certbot on the host gets a certificate for the hostname, the mta-sts names of the domains and
+    `extra_names` from `directory` (HTTP-01, answered by nginx on port 80); renewal runs from the host's
+    timer through the same deploy path as the first issue.
+    """
+
+    mode: Literal["self-signed", "files", "acme"] = "self-signed"
     cert: Path | None = None
     key: Path | None = None
     #: Files mode only: an optional CA chain appended after the certificate.
     chain: Path | None = None
+    #: ACME: the account's contact address (required), the directory URL, and a CA bundle (PEM) to trust
+    #: for a private or test CA (its directory's HTTPS and the certificates it issues).
+    email: str | None = None
+    directory: str = LETSENCRYPT_DIRECTORY
+    ca_bundle: Path | None = None
+    extra_names: list[str] = Field(default_factory=list)
     _pair: inputfiles.CertificatePair | None = PrivateAttr(default=None)
+    _ca_pem: str | None = PrivateAttr(default=None)
 
-    @field_validator("cert", "key", "chain", mode="before")
+    @field_validator("cert", "key", "chain", "ca_bundle", mode="before")
     @classmethod
     def _paths(cls, value: Any) -> Any:
         return _path_value(value)
 
+    @field_validator("email", mode="before")
+    @classmethod
+    def _email(cls, value: Any) -> str | None:
+        return None if value is None else check_address(value)
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _directory(cls, value: Any) -> str:
+        return check_https_url(value)
+
+    @field_validator("extra_names", mode="before")
+    @classmethod
+    def _extra(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("expected a list of host names such as [webmail.example.org]")
+        return list(dict.fromkeys(check_domain(v) for v in value))
+
     @model_validator(mode="after")
     def _files(self) -> TLS:
+        acme_only = {"email": self.email, "ca_bundle": self.ca_bundle, "extra_names": self.extra_names}
         if self.mode == "files":
             for name in ("cert", "key"):
                 if getattr(self, name) is None:
@@ -271,12 +309,33 @@ class TLS(_Strict):
                 raise _error(("tls", exc.field), str(exc)) from None
         elif self.cert or self.key or self.chain:
             raise ValueError("cert/key/chain are only used with mode: files")
+        if self.mode == "acme":
+            if self.email is None:
+                raise _error(
+                    ("tls", "email"), "required when mode is acme (the ACME account's contact address)"
+                )
+            if self.ca_bundle is not None:
+                try:
+                    self._ca_pem = inputfiles.read_ca_bundle(self.ca_bundle)
+                except ValueError as exc:
+                    raise _error(("tls", "ca_bundle"), str(exc)) from None
+        else:
+            for name, value in acme_only.items():
+                if value:
+                    raise _error(("tls", name), "only used with mode: acme")
+            if self.directory != LETSENCRYPT_DIRECTORY:
+                raise _error(("tls", "directory"), "only used with mode: acme")
         return self
 
     @property
     def pair(self) -> inputfiles.CertificatePair | None:
         """Files mode: the certificate chain and key exactly as judged at load (apply installs these)."""
         return self._pair
+
+    @property
+    def ca_pem(self) -> str | None:
+        """ACME: the CA bundle to trust, as read at load."""
+        return self._ca_pem
 
 
 class Submission(_Strict):
@@ -633,12 +692,23 @@ class Fail2ban(_Strict):
         return check_duration(value)
 
 
+class MtaSts(_Strict):
+    """The MTA-STS policy (RFC 8461) served for every domain at https://mta-sts.DOMAIN/.well-known/mta-sts.txt."""
+
+    #: testing (the default) reports failures without refusing delivery; enforce makes senders refuse to
+    #: deliver without valid TLS to a listed MX; none withdraws a policy.
+    mode: Literal["enforce", "testing", "none"] = "testing"
+    #: Seconds senders cache the policy (RFC 8461: at most 31557600; a day or more is sensible).
+    max_age: StrictInt = Field(default=604800, ge=86400, le=31557600)
+
+
 class DNSPolicy(_Strict):
     """Policy records published for every domain."""
 
     dmarc_policy: Literal["quarantine", "reject"] = "quarantine"
     dmarc_rua: str | None = None
     tlsrpt_rua: str | None = None
+    mta_sts: MtaSts = Field(default_factory=MtaSts)
 
     @field_validator("dmarc_rua", "tlsrpt_rua", mode="before")
     @classmethod
@@ -827,6 +897,53 @@ class Spec(_Strict):
         return [p for p, on in wanted if on]
 
     @property
+    def mta_sts_names(self) -> list[str]:
+        """mta-sts.DOMAIN for every domain."""
+        return [f"mta-sts.{d}" for d in self.domain_names]
+
+    @property
+    def mta_sts_served(self) -> bool:
+        """Whether this server serves the MTA-STS policy (nginx, HTTPS) and `_mta-sts` is published.
+
+        acme: always (the certificate covers the mta-sts names). files: only when the given certificate
+        covers every mta-sts name. self-signed: never (senders could not verify the policy host).
+        """
+        if self.tls.mode == "acme":
+            return True
+        if self.tls.mode == "files" and self.tls.pair is not None:
+            return all(_covered(name, self.tls.pair.names) for name in self.mta_sts_names)
+        return False
+
+    @property
+    def mta_sts_policy(self) -> str:
+        """The policy file: every MX (primary and backups) listed, CRLF line ends as RFC 8461 writes them."""
+        policy = self.dns.mta_sts
+        lines = ["version: STSv1", f"mode: {policy.mode}"]
+        lines += [f"mx: {host}" for _, host in self.mx_hosts]
+        lines.append(f"max_age: {policy.max_age}")
+        return "".join(line + "\r\n" for line in lines)
+
+    @property
+    def mta_sts_id(self) -> str:
+        """The `_mta-sts` TXT id: derived from the policy text, so it changes exactly when the policy does."""
+        return hashlib.sha256(self.mta_sts_policy.encode()).hexdigest()[:20]
+
+    @property
+    def certificate_names(self) -> list[str]:
+        """ACME: the names the certificate covers (hostname first, then mta-sts names, then extra names)."""
+        names = [
+            self.hostname,
+            *(self.mta_sts_names if self.tls.mode == "acme" else []),
+            *self.tls.extra_names,
+        ]
+        return list(dict.fromkeys(names))
+
+    @property
+    def web_served(self) -> bool:
+        """Whether nginx runs: ACME's HTTP-01 on port 80, the MTA-STS policy on 443."""
+        return self.tls.mode == "acme" or self.mta_sts_served
+
+    @property
     def sieve_before(self) -> list[tuple[str, str]]:
         """(Pigeonhole setting, script path on the host) of the global scripts run before users' own.
 
@@ -909,6 +1026,12 @@ class Spec(_Strict):
         if not self.relay_host.mx_lookup:
             host = f"[{host}]"
         return f"{host}:{self.relay_host.port}"
+
+
+def _covered(name: str, cert_names: tuple[str, ...]) -> bool:
+    """Whether a certificate's DNS names cover `name` (exactly, or by a one-label wildcard)."""
+    parent = name.split(".", 1)[1] if "." in name else ""
+    return any(n.lower() == name or (n.lower() == f"*.{parent}" and parent) for n in cert_names)
 
 
 #: Where the Sieve scripts from the spec live on the host (compiled there by apply).
@@ -1097,7 +1220,7 @@ def _describe(error: Any) -> str:
 
 #: File-path fields; relative paths in mail.yml are relative to the file itself.
 _PATH_FIELDS = {
-    "tls": ("cert", "key", "chain"),
+    "tls": ("cert", "key", "chain", "ca_bundle"),
     "dkim": ("public_key", "private_key"),
     "relay_host": ("password_file", "ca"),
     "sieve": ("before", "after"),

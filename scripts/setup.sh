@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(postfix postfix-lmdb dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
-          dovecot-sieve dovecot-managesieved sieve-connect fail2ban python3-systemd
+          dovecot-sieve dovecot-managesieved sieve-connect fail2ban python3-systemd nginx
           debootstrap systemd-container unbound iproute2 util-linux openssl openssh-client
           ca-certificates vagrant)
 missing=()

@@ -40,6 +40,8 @@ def test_real_programs_accept_rendered_tree(
         expected.append("sievec")
     if model.fail2ban.enabled:
         expected.append("fail2ban")
+    if model.web_served:
+        expected.append("nginx")
     assert [r.tool for r in results] == expected
     for result in results:
         assert result.ran, result.output

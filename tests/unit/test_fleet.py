@@ -24,7 +24,7 @@ def test_mx_10_for_the_primary_then_20_30_for_the_backups(fleet: spec_mod.Spec) 
     assert mx == ["10 mail.example.org", "20 mx2.example.org", "30 mx3.example.org"]
     helo_spf = {r.name for r in dns.records(fleet) if r.type == "TXT" and r.value == "v=spf1 a -all"}
     assert helo_spf == {"mail.example.org", "mx2.example.org", "mx3.example.org"}
-    policy = dns.mta_sts_policy(fleet)
+    policy = fleet.mta_sts_policy
     assert [line for line in policy.splitlines() if line.startswith("mx:")] == [
         "mx: mail.example.org",
         "mx: mx2.example.org",
@@ -44,3 +44,50 @@ def test_inventory_host_is_the_primary_by_default_or_a_named_backup(fleet: spec_
     with pytest.raises(UsageError, match=r"mailprov_hostname: mx9\.example\.org is neither"):
         apply_mod.check_server(fleet, "mx9.example.org")
     assert apply_mod.server_names(fleet) == ["mail.example.org", "mx2.example.org", "mx3.example.org"]
+
+
+def test_a_backup_plan_runs_postfix_on_25_only(fleet: spec_mod.Spec) -> None:
+    from provisioner import profiles
+    from provisioner import render as render_mod
+
+    profile = profiles.get("el9")
+    files = render_mod.render(fleet, profile)
+    primary = apply_mod.plan(fleet, profile, files)
+    assert primary["role"] == "primary" and primary["services"] == ["postfix", "dovecot"]
+    backup = apply_mod.plan(fleet, profile, files, hostname="mx2.example.org")
+    assert backup["role"] == "backup" and backup["services"] == ["postfix"]
+    assert backup["hostname"] == "mx2.example.org"
+    assert not any(p.startswith("dovecot") for p in backup["packages"]) and "postfix" in backup["packages"]
+    assert backup["probe"]["ports"] == [{"port": 25, "kind": "smtp"}] and backup["probe"]["sockets"] == []
+    assert backup["firewall"]["services"] == ["smtp"] and not backup["dkim"]["signing"]
+    inputs = apply_mod.state_inputs({"el9": backup})["RedHat-9"]
+    assert inputs["services"] == ["postfix"] and inputs["hostname"] == "mx2.example.org"
+
+
+def test_a_backup_is_rendered_by_render_for_that_server(
+    fleet: spec_mod.Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner import profiles
+    from provisioner import render as render_mod
+
+    calls = []
+
+    def render(spec: spec_mod.Spec, profile: object, server: str | None = None) -> dict[str, str]:
+        calls.append(server)
+        return {"etc/postfix/main.cf": f"myhostname = {server or spec.hostname}\n"}
+
+    monkeypatch.setattr(render_mod, "render", render)
+    data = apply_mod.role_input(fleet, "mx3.example.org", profiles=[profiles.get("debian12")])
+    assert calls == ["mx3.example.org"] and data["hostname"] == "mx3.example.org"
+    main_cf = data["plans"]["debian12"]["files"][0]["content"]
+    assert main_cf == "myhostname = mx3.example.org\n"
+
+
+def test_a_backup_without_backup_rendering_is_refused_as_input(
+    fleet: spec_mod.Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner import render as render_mod
+
+    monkeypatch.setattr(render_mod, "render", lambda spec, profile: {})
+    with pytest.raises(UsageError, match=r"^mailprov_hostname: mx2\.example\.org is a backup MX"):
+        apply_mod.role_input(fleet, "mx2.example.org")

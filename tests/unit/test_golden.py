@@ -30,7 +30,8 @@ def test_render_matches_golden(case: str, profile_name: str, monkeypatch: pytest
         shutil.rmtree(expected_dir, ignore_errors=True)
         render.write_tree(files, expected_dir)
     expected = {
-        str(p.relative_to(expected_dir)): p.read_text() for p in expected_dir.rglob("*") if p.is_file()
+        # bytes as written: the MTA-STS policy's CRLF line ends are part of what is compared
+        str(p.relative_to(expected_dir)): p.read_bytes().decode() for p in expected_dir.rglob("*") if p.is_file()
     }
     assert sorted(files) == sorted(expected), "set of rendered files differs from the golden tree"
     for rel, text in files.items():
