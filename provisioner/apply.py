@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -103,9 +104,13 @@ def plan(
 ) -> dict[str, Any]:
     """The role's plan for one profile: rendered files with ownership, and what the host tasks need.
 
-    `hostname` is the server this plan is for (default: the spec's hostname). Key material travels as a
-    path on the control machine and a digest (to tell whether the host's copy is current), never as content.
+    `hostname` is the server this plan is for (default: the spec's hostname, the primary); a backup MX
+    (one of backup_mx) runs Postfix only: it accepts mail for the spec's domains and queues it for the primary.
+    Key material travels as a path on the control machine and a digest (to tell whether the host's copy is
+    current), never as content.
     """
+    server = hostname or spec.hostname
+    backup = server != spec.hostname
     entries = []
     secrets = {}
     for rel in sorted(files):
@@ -118,9 +123,12 @@ def plan(
         else:
             entry["content"] = files[rel]
         entries.append(entry)
-    served = spec.open_ports
+    # A backup serves SMTP on 25 only: no mailboxes (Dovecot), no submission, no signing.
+    served = [25] if backup else spec.open_ports
     services = [profile.firewalld_services[p] for p in served if p in profile.firewalld_services]
-    signing = spec.dkim.signing
+    signing = spec.dkim.signing and not backup
+    daemons = ["postfix"] if backup else ["postfix", "dovecot"]
+    packages = [p for p in profile.packages if not (backup and p.startswith("dovecot"))]
     probe_ports: list[dict[str, Any]] = [
         {"port": p, "kind": PORT_KINDS[p]} for p in served if p in PORT_KINDS
     ]
@@ -136,7 +144,9 @@ def plan(
         "profile": profile.name,
         "title": profile.title,
         # semanage (SELinux file contexts) comes with the EL profile's packages.
-        "packages": list(profile.packages)
+        "role": "backup" if backup else "primary",
+        "services": daemons,
+        "packages": packages
         + (list(profile.dkim_packages) if signing else [])
         + (list(SELINUX_PACKAGES) if profile.selinux else []),
         "map_type": profile.map_type,
@@ -144,7 +154,7 @@ def plan(
         "files": entries,
         "secret_contents": secrets,
         "digest": render_mod.tree_digest(dict(files)),
-        "hostname": hostname or spec.hostname,
+        "hostname": server,
         "mail_root": spec.mail_root,
         "vmail_user": render_mod.VMAIL_USER,
         "vmail_uid": render_mod.VMAIL_UID,
@@ -173,7 +183,7 @@ def plan(
         "probe": {
             "host": probe_host(spec),
             "ports": probe_ports,
-            "sockets": list(SOCKETS),
+            "sockets": [] if backup else list(SOCKETS),
         },
     }
 
@@ -246,6 +256,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def warm() -> None:
+    """Compile every template now: Ansible's forked workers then inherit them instead of each compiling."""
+    env = render_mod._environment()
+    for name in render_mod.template_names():
+        env.get_template(name)
+
+
 def role_input(
     spec: Spec,
     mailprov_hostname: str | None = None,
@@ -261,13 +278,63 @@ def role_input(
     chain = tls_chain_text(spec)
     plans = {}
     for profile in profiles or list(profiles_mod.PROFILES.values()):
-        files = render_mod.render(spec, profile)
+        files = render_server(spec, profile, server)
         if append:
             files = dict(files)
             for rel, text in append.items():
                 files[rel] = files.get(rel, "") + text
         plans[profile.name] = plan(spec, profile, files, server, chain)
-    return {"hostname": server, "servers": server_names(spec), "plans": plans, "profile_map": profile_map()}
+    return {
+        "hostname": server,
+        "servers": server_names(spec),
+        "plans": plans,
+        "profile_map": profile_map(),
+        "state_inputs": state_inputs(plans),
+    }
+
+
+def render_server(spec: Spec, profile: Profile, server: str) -> dict[str, str]:
+    """The files of one server of the spec: the primary's, or a backup MX's (render's `server` argument)."""
+    if server == spec.hostname:
+        return render_mod.render(spec, profile)
+    render_fn: Any = render_mod.render
+    if "server" not in inspect.signature(render_fn).parameters:
+        raise UsageError(
+            f"mailprov_hostname: {server} is a backup MX of the spec, but this version of mailprov cannot "
+            "render a backup's configuration yet (relay_domains, relay_recipient_maps); converge only the "
+            "primary for now"
+        )
+    files: dict[str, str] = render_fn(spec, profile, server=server)
+    return files
+
+
+def state_inputs(plans: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """host_state's options per `FAMILY-MAJOR`: the module detects the OS and checks against its profile."""
+    out = {}
+    for key, name in profile_map().items():
+        if name not in plans:
+            continue
+        p = plans[name]
+        out[key] = {
+            "packages": p["packages"],
+            "vmail_user": p["vmail_user"],
+            "vmail_uid": p["vmail_uid"],
+            "mail_root": p["mail_root"],
+            "services": p["services"],
+            "tls_cert": p["tls"]["cert"],
+            "tls_key": p["tls"]["key"],
+            "hostname": p["hostname"],
+            "aliases_db": "/etc/aliases." + ("lmdb" if p["map_type"] == "lmdb" else "db"),
+            "dkim_key": p["dkim"]["key"] if p["dkim"]["signing"] else "",
+            "dkim_key_sha256": p["dkim"]["key_sha256"],
+            "dkim_user": p["dkim"]["user"],
+            "dkim_service": p["dkim"]["service"],
+            "firewalld_services": p["firewall"]["services"],
+            "firewalld_managed": p["firewall"]["managed"],
+            # EL ships firewalld as the host firewall: configure it even while it is stopped.
+            "firewalld_offline": profiles_mod.PROFILES[name].family == "RedHat",
+        }
+    return out
 
 
 def role_os_vars() -> dict[str, str]:

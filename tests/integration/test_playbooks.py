@@ -209,3 +209,28 @@ def test_execution_environment_definition_builds_a_context(tmp_path: Path) -> No
     assert (context / "provisioner/render.py").is_file() and (context / "templates").is_dir()
     containerfile = next((tmp_path / "ctx").glob("[CD]*file")).read_text()
     assert "pip install --no-cache-dir -e /opt/mailprov" in containerfile
+
+
+def test_apply_refuses_a_host_that_is_no_server_of_the_spec(tmp_path: Path) -> None:
+    """mailprov_hostname naming no server is bad input (exit 2), found before any host is contacted."""
+    inventory = tmp_path / "inventory.ini"
+    # 127.0.0.9 has no SSH server: a run that tried to connect would fail as unreachable, not as bad input.
+    inventory.write_text("mx9 ansible_host=127.0.0.9 mailprov_hostname=mx9.example.test\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "provisioner",
+            "apply",
+            str(PROJECT_ROOT / "examples" / "mail.yml"),
+            "-i",
+            str(inventory),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "mailprov_hostname: mx9.example.test is neither the spec's hostname" in proc.stderr
+    assert "Traceback" not in proc.stderr and "unreachable" not in proc.stdout + proc.stderr

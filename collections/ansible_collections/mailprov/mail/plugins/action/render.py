@@ -18,22 +18,25 @@ _IMPORT_ERROR: str | None = None
 
 
 def _import_provisioner() -> Any:
-    """provisioner.apply, from the Python environment, else from the mailprov tree holding this collection."""
-    try:
-        from provisioner import apply as apply_mod
-    except ImportError as first:
-        # A collection used in place (collections/ansible_collections/mailprov/mail in a mailprov clone).
-        root = Path(__file__).resolve().parents[6]
-        if not (root / "provisioner" / "__init__.py").is_file():
-            raise first
+    """provisioner.apply: from the mailprov tree holding this collection, else from the Python environment.
+
+    A collection used in place (collections/ansible_collections/mailprov/mail in a mailprov clone) renders
+    with the package of that same tree, so the role and the templates always come from one version; an
+    installed collection uses the installed package.
+    """
+    parents = Path(__file__).resolve().parents
+    root = parents[6] if len(parents) > 6 else None
+    if root is not None and (root / "provisioner" / "__init__.py").is_file() and str(root) not in sys.path:
         sys.path.insert(0, str(root))
-        from provisioner import apply as apply_mod
+    from provisioner import apply as apply_mod
+
     return apply_mod
 
 
 try:
     # Imported when Ansible loads the plugin class in its main process, so forked workers share it.
     _APPLY: Any = _import_provisioner()
+    _APPLY.warm()
 except ImportError as exc:  # reported by run(), with the interpreter to install into
     _APPLY = None
     _IMPORT_ERROR = str(exc)

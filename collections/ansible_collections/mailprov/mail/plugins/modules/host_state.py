@@ -35,19 +35,19 @@ options:
   mail_root:
     description: The mail store directory.
     type: path
-    required: true
+    default: ""
   tls_cert:
     description: Certificate path.
     type: path
-    required: true
+    default: ""
   tls_key:
     description: Private key path.
     type: path
-    required: true
+    default: ""
   hostname:
     description: Name the certificate must cover.
     type: str
-    required: true
+    default: ""
   renew_days:
     description: A certificate expiring within this many days is not good enough.
     type: int
@@ -95,10 +95,28 @@ options:
     description: A stopped firewalld is still configured (permanent configuration, EL).
     type: bool
     default: false
+  profiles:
+    description:
+      - Per OS (keys C(FAMILY-MAJOR), e.g. C(Debian-12)), values for the OS-dependent options above (packages,
+        tls_cert, tls_key, aliases_db, dkim_key, dkim_user, dkim_service, firewalld_services, firewalld_managed,
+        firewalld_offline). The module detects the OS itself and uses that entry, so the play needs no separate
+        fact-gathering round trip. Without it, the options above are used as given.
+    type: dict
+    default: {}
 author: mailprov
 """
 
 RETURN = r"""
+ansible_facts:
+  description: >-
+    The distribution facts the role needs (os_family, distribution, distribution_version,
+    distribution_major_version, selinux.status), from /etc/os-release and selinuxfs.
+  type: dict
+  returned: always
+profile_key:
+  description: "FAMILY-MAJOR of this host (e.g. Debian-12); state is reported only when it is in O(profiles)."
+  type: str
+  returned: always
 firewall:
   description: >-
     firewalld's state (running, stopped, absent), the zone, the runtime and permanent services, and C(todo):
@@ -266,6 +284,66 @@ def firewall_state(module: AnsibleModule) -> dict:
     return {"state": state, "zone": zone, "runtime": runtime or [], "permanent": permanent, "todo": todo}
 
 
+#: /etc/os-release IDs by Ansible os_family (the families mailprov has profiles for, and their relatives).
+OS_FAMILIES = {
+    "Debian": ("debian", "ubuntu", "raspbian", "linuxmint", "devuan", "kali", "pop"),
+    "RedHat": (
+        "rhel",
+        "centos",
+        "almalinux",
+        "rocky",
+        "ol",
+        "fedora",
+        "amzn",
+        "cloudlinux",
+        "eurolinux",
+        "virtuozzo",
+    ),
+}
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """KEY=value pairs of an os-release file (quotes removed)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            out[key] = value.strip().strip("'\"")
+    return out
+
+
+def distribution_facts(release: dict[str, str], selinux_enabled: bool) -> dict:
+    """Ansible-style facts (os_family, distribution, versions, selinux.status) from os-release data."""
+    ident = release.get("ID", "").lower()
+    like = release.get("ID_LIKE", "").lower().split()
+    family = next((f for f, ids in OS_FAMILIES.items() if ident in ids), "")
+    if not family:
+        family = next(
+            (f for f, ids in OS_FAMILIES.items() if any(i in ids for i in like)), ident.capitalize()
+        )
+    version = release.get("VERSION_ID", "")
+    return {
+        "os_family": family,
+        "distribution": release.get("NAME", ident).split(" ")[0] or "unknown",
+        "distribution_version": version,
+        "distribution_major_version": version.split(".")[0],
+        "selinux": {"status": "enabled" if selinux_enabled else "disabled"},
+    }
+
+
+def host_facts() -> dict:
+    """This host's distribution facts, read from /etc/os-release and selinuxfs (no setup module needed)."""
+    release: dict[str, str] = {}
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                release = parse_os_release(handle.read())
+            break
+        except OSError:
+            continue
+    return distribution_facts(release, os.path.exists("/sys/fs/selinux/enforce"))
+
+
 def main() -> None:
     """Module entry point."""
     module = AnsibleModule(
@@ -273,10 +351,10 @@ def main() -> None:
             "packages": {"type": "list", "elements": "str", "default": []},
             "vmail_user": {"type": "str", "default": "vmail"},
             "vmail_uid": {"type": "int", "default": 5000},
-            "mail_root": {"type": "path", "required": True},
-            "tls_cert": {"type": "path", "required": True},
-            "tls_key": {"type": "path", "required": True},
-            "hostname": {"type": "str", "required": True},
+            "mail_root": {"type": "path", "default": ""},
+            "tls_cert": {"type": "path", "default": ""},
+            "tls_key": {"type": "path", "default": ""},
+            "hostname": {"type": "str", "default": ""},
             "renew_days": {"type": "int", "default": 30},
             "services": {"type": "list", "elements": "str", "default": ["postfix", "dovecot"]},
             "aliases_db": {"type": "path", "default": "/etc/aliases.db"},
@@ -288,14 +366,25 @@ def main() -> None:
             "firewalld_managed": {"type": "list", "elements": "str", "default": []},
             "firewalld_zone": {"type": "str", "default": ""},
             "firewalld_offline": {"type": "bool", "default": False},
+            "profiles": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
+    facts = host_facts()
+    key = f"{facts['os_family']}-{facts['distribution_major_version']}"
+    if module.params["profiles"]:
+        if key not in module.params["profiles"]:
+            # Unsupported OS: the role reports it from the facts; there is no plan to compare with.
+            module.exit_json(changed=False, ansible_facts=facts, profile_key=key, supported=False)
+        module.params.update(module.params["profiles"][key])
     p = module.params
     missing = missing_packages(module, p["packages"])
     services = services_state(module, p["services"])
     module.exit_json(
         changed=False,
+        ansible_facts=facts,
+        profile_key=key,
+        supported=True,
         packages_missing=missing,
         vmail_ok=vmail_ok(p["vmail_user"], p["vmail_uid"], p["mail_root"]),
         cert_ok=cert_ok(module, p["tls_cert"], p["tls_key"], p["hostname"], p["renew_days"]),
