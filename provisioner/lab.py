@@ -24,9 +24,11 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -256,6 +258,123 @@ def lab_records(hosts: dict[str, str], loads: dict[str, list[Record]]) -> list[R
 def lab_zones(subnet: ipaddress.IPv4Network | str, records: Iterable[Record]) -> list[str]:
     """Static zones for the resolver: the lab domain, the bridge's reverse zone, and the records' zones."""
     return sorted({LAB_DOMAIN, reverse_zone(subnet), *zones_for(records)})
+
+
+#: pebble's ACME (directory) and management ports, on the bridge address only.
+ACME_PORT = 14000
+ACME_MANAGEMENT_PORT = 15000
+#: How long pebble may take to answer after it was started.
+ACME_START_TIMEOUT = 30.0
+
+
+def pebble_config(listen: str, certificate: Path, key: Path) -> dict[str, Any]:
+    """pebble's configuration: both listeners on the lab bridge address, validation on the standard ports.
+
+    HTTP-01 is checked on port 80 and TLS-ALPN-01 on 443 of the lab host, as a public CA would (pebble's
+    own defaults, 5002/5001, suit clients on the same machine, not servers in their own network).
+    """
+    return {
+        "pebble": {
+            "listenAddress": f"{listen}:{ACME_PORT}",
+            "managementListenAddress": f"{listen}:{ACME_MANAGEMENT_PORT}",
+            "certificate": str(certificate),
+            "privateKey": str(key),
+            "httpPort": 80,
+            "tlsPort": 443,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+
+
+def pebble_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """pebble's environment: no artificial validation sleeps, no nonce rejections, real validation.
+
+    PEBBLE_VA_ALWAYS_VALID is never passed on (even when set here), so every challenge is really fetched.
+    """
+    source = os.environ if base is None else base
+    env = {key: value for key, value in source.items() if key in ("PATH", "LANG", "TZ")}
+    env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env["PEBBLE_VA_NOSLEEP"] = "1"
+    # pebble rejects 5 % of good nonces by default to exercise clients' retries; the lab wants determinism.
+    env["PEBBLE_WFE_NONCEREJECT"] = "0"
+    # Every order is validated for real (pebble reuses half of the valid authorizations by default).
+    env["PEBBLE_AUTHZREUSE"] = "0"
+    return env
+
+
+def acme_directory_url(listen: str) -> str:
+    """The ACME directory URL of the lab's pebble."""
+    return f"https://{listen}:{ACME_PORT}/dir"
+
+
+def make_listener_ca(directory: Path, listen: str) -> tuple[Path, Path, Path]:
+    """A CA for pebble's own HTTPS listeners and a certificate for the bridge address: (ca, cert, key).
+
+    Debian's pebble package ships no test certificate (upstream's test/certs/ is not packaged), so the lab
+    makes its own: a fresh CA per lab whose key is never written, and a leaf for the bridge address.
+    """
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"mailprov lab pebble listener CA {listen}")]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, listen)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(listen))]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_path, cert_path, key_path = (
+        directory / "listener-ca.pem",
+        directory / "listener.pem",
+        directory / "listener.key",
+    )
+    _write_atomic(ca_path, ca.public_bytes(serialization.Encoding.PEM).decode())
+    _write_atomic(cert_path, leaf.public_bytes(serialization.Encoding.PEM).decode())
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _write_atomic(key_path, pem_key.decode(), mode=0o600)
+    return ca_path, cert_path, key_path
+
+
+def acme_bundle(root_pem: str, listener_ca_pem: str) -> str:
+    """The lab's ACME CA bundle: the root pebble issues under, then the CA of pebble's HTTPS listeners."""
+    if "-----BEGIN CERTIFICATE-----" not in root_pem:
+        raise LabError("pebble's /roots/0 did not answer with a PEM certificate")
+    return root_pem.strip() + "\n" + listener_ca_pem.strip() + "\n"
 
 
 #: inotify instances one booted host uses (systemd, journald, udev...; measured ~12 on a Debian 12 host).
@@ -692,6 +811,7 @@ class Lab:
             )
         ]
         dns = state.get("dns") or {}
+        acme = state.get("acme") or {}
         return {
             "resolver": state.get("resolver"),
             "inventory": str(self.inventory_path),
@@ -700,6 +820,16 @@ class Lab:
             "bridge": self.bridge if state.get("subnet") else None,
             "subnet": state.get("subnet"),
             "dns": "running" if pid_matches(dns.get("pid"), dns.get("pid_start")) else "stopped",
+            # pebble (`up --acme`): its directory URL and the CA bundle that trusts it and what it issues.
+            "acme": (
+                {
+                    "directory": acme["directory"],
+                    "ca_bundle": acme["ca_bundle"],
+                    "state": "running" if pid_matches(acme.get("pid"), acme.get("pid_start")) else "stopped",
+                }
+                if acme.get("directory")
+                else None
+            ),
         }
 
     def up(
@@ -708,12 +838,20 @@ class Lab:
         firewall: bool = True,
         distro: str = "debian12",
         subnet: str | None = None,
+        acme: bool = False,
     ) -> dict[str, Any]:
-        """Start (building what is missing) the named hosts, additively; idempotent. Returns status()."""
+        """Start (building what is missing) the named hosts, additively; idempotent. Returns status().
+
+        acme: also run pebble on the bridge address (kept running once started, like the hosts).
+        """
         check_distro(distro)
         for name in hosts:
             check_host_name(name)
         check_prerequisites()
+        if acme and _which("pebble") is None:
+            raise UsageError(
+                "--acme: pebble is not installed: install the Debian package pebble (apt-get install pebble)"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
             state = self._load()
@@ -734,6 +872,8 @@ class Lab:
                         info["ip"] = next_host_address(state["subnet"], used)
                 self._save(state)
             self._ensure_dns(state)
+            if acme or state.get("acme"):
+                self._ensure_acme(state)
             if to_start:
                 self._start_hosts(state, to_start, base)
             self._write_inventory(state)
@@ -764,10 +904,12 @@ class Lab:
         with self._lock(timeout=120):
             state = self._load()
             self._stop_hosts(state)
+            self._stop_acme(state)
             self._stop_dns(state)
             self._delete_bridge()
             _safe_rmtree(self.dir / "hosts")
             _safe_rmtree(self.dir / "dns")
+            _safe_rmtree(self.dir / "acme")
             _safe_rmtree(self.dir / "ssh")
             self.inventory_path.unlink(missing_ok=True)
             self.state_path.unlink(missing_ok=True)
@@ -922,6 +1064,88 @@ class Lab:
             if "unbound" in " ".join(_cmdline(pid)):
                 _terminate(pid)
         (self.dir / "dns" / "unbound.pid").unlink(missing_ok=True)
+
+    # -- ACME (pebble) ----------------------------------------------------------------------------------
+    def _ensure_acme(self, state: dict[str, Any]) -> None:
+        """Run pebble on the bridge address, resolving through the lab's unbound; keep one that runs.
+
+        pebble makes a new root at every start, so a running pebble is never restarted (certificates it
+        issued stay verifiable with the bundle); a dead one is started again and the bundle rewritten.
+        """
+        acme = state.get("acme") or {}
+        if pid_matches(acme.get("pid"), acme.get("pid_start")):
+            return
+        self._stop_acme(state)
+        listen = state["resolver"]
+        workdir = self.dir / "acme"
+        ca_path, cert_path, key_path = make_listener_ca(workdir, listen)
+        config = workdir / "pebble-config.json"
+        _write_atomic(config, json.dumps(pebble_config(listen, cert_path, key_path), indent=2) + "\n")
+        log_path = workdir / "pebble.log"
+        binary = _which("pebble") or "pebble"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [binary, "-config", str(config), "-dnsserver", f"{listen}:53"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=pebble_env(),
+                cwd=workdir,
+                start_new_session=True,  # outlives this command, like the hosts
+                close_fds=True,
+            )
+        bundle = workdir / "ca-bundle.pem"
+        state["acme"] = {
+            "pid": proc.pid,
+            "pid_start": proc_start_time(proc.pid),
+            "config": str(config),
+            "directory": acme_directory_url(listen),
+            "ca_bundle": str(bundle),
+        }
+        self._save(state)  # recorded before anything can fail, so `down` finds it
+        context = ssl.create_default_context(cafile=str(ca_path))
+        roots_url = f"https://{listen}:{ACME_MANAGEMENT_PORT}/roots/0"
+        directory_url = state["acme"]["directory"]
+
+        # No proxy from the environment: pebble is on the lab bridge, reached directly.
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+
+        def fetch(url: str) -> str:
+            try:
+                with opener.open(url, timeout=2) as answer:
+                    return str(answer.read(1024 * 1024).decode())
+            except (OSError, ValueError) as exc:
+                raise NotReady(f"{url}: {getattr(exc, 'reason', None) or exc}") from None
+
+        def ready() -> str:
+            fetch(directory_url)
+            return fetch(roots_url)
+
+        def exited() -> str | None:
+            if pid_matches(proc.pid, state["acme"]["pid_start"]):
+                return None
+            proc.poll()
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            return f"pebble exited ({'; '.join(tail) or 'no output'}; see {log_path})"
+
+        root = wait_for(
+            f"pebble on {listen}:{ACME_PORT}", ready, ACME_START_TIMEOUT, interval=0.1, abort=exited
+        )
+        _write_atomic(bundle, acme_bundle(root, ca_path.read_text()))
+
+    def _stop_acme(self, state: dict[str, Any]) -> None:
+        acme = state.get("acme") or {}
+        config = str(self.dir / "acme" / "pebble-config.json")
+        pids = [acme["pid"]] if pid_matches(acme.get("pid"), acme.get("pid_start")) else []
+        # After a crash the record may be gone: a pebble running our own config file is ours too.
+        pids += [pid for pid in self._pids_using(config) if pid not in pids]
+        for pid in pids:
+            if "pebble" in " ".join(_cmdline(pid)):
+                _terminate(pid)
+        for key in ("pid", "pid_start"):
+            acme.pop(key, None)
 
     @staticmethod
     def _pids_using(path_fragment: str) -> list[int]:

@@ -43,6 +43,9 @@ def _print_status(status: dict, fmt: str) -> None:  # type: ignore[type-arg]
     print(f"resolver   {status['resolver']}  (bridge {status['bridge']}, {status['subnet']})")
     print(f"inventory  {status['inventory']}")
     print(f"ssh key    {status['hosts'][0]['ssh_key']}")
+    if status.get("acme"):
+        acme = status["acme"]
+        print(f"acme       {acme['directory']}  ({acme['state']}; CA bundle {acme['ca_bundle']})")
     print()
     print(f"{'HOST':<20} {'ADDRESS':<16} {'STATE':<9} FIREWALL")
     for host in status["hosts"]:
@@ -60,6 +63,9 @@ def up(
     ),
     no_firewall: bool = typer.Option(False, "--no-firewall", help="New hosts run without firewalld."),
     subnet: str | None = typer.Option(None, "--subnet", help="Use this 10.x.y.0/24 instead of a free one."),
+    acme: bool = typer.Option(
+        False, "--acme", help="Also run pebble (test ACME CA) on the bridge; status shows its directory."
+    ),
     fmt: str = typer.Option("table", "--format", help="table or json."),
     lab_dir: Path | None = LabDir,
 ) -> None:
@@ -67,6 +73,9 @@ def up(
 
     Builds the base image on first use (a few minutes, then cached). Without --hosts/--host, restarts the
     lab's existing hosts, or starts mx1 and mx2 in a new lab.
+
+    With --acme, pebble (Debian package pebble) serves ACME on the bridge address, validating HTTP-01 on
+    the hosts' port 80 and resolving through the lab DNS; `status` gives its directory and CA bundle.
 
     Example: sudo mailprov lab up --hosts 2 && ansible -i /var/lib/mailprov/lab/inventory.ini all -m ping
     """
@@ -76,7 +85,7 @@ def up(
     lab = _lab(lab_dir)
     if not names and not lab.status()["hosts"]:
         names = ["mx1", "mx2"]
-    _print_status(lab.up(names, firewall=not no_firewall, distro=distro, subnet=subnet), _fmt(fmt))
+    _print_status(lab.up(names, firewall=not no_firewall, distro=distro, subnet=subnet, acme=acme), _fmt(fmt))
 
 
 @lab_app.command("status")
@@ -88,7 +97,8 @@ def status(
     """Show the lab's hosts (name, address, state, SSH user and key), resolver and inventory.
 
     JSON: {"resolver": "10.x.y.1", "inventory": PATH,
-    "hosts": [{"name", "ip", "ssh_user", "ssh_key", "state"}]}
+    "hosts": [{"name", "ip", "ssh_user", "ssh_key", "state"}],
+    "acme": {"directory": URL, "ca_bundle": PATH} or null}
 
     Example: mailprov lab status --format json | jq -r '.hosts[0].ip'
     """
@@ -98,7 +108,7 @@ def status(
 @lab_app.command("down")
 @handle_errors
 def down(lab_dir: Path | None = LabDir) -> None:
-    """Stop every lab host and the lab DNS server, remove the copies and the bridge.
+    """Stop every lab host, the lab DNS server and pebble, remove the copies and the bridge.
 
     Example: sudo mailprov lab down
     """
