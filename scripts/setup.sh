@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 packages=(postfix postfix-lmdb dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
           dovecot-sieve dovecot-managesieved sieve-connect fail2ban python3-systemd nginx
           debootstrap systemd-container unbound iproute2 util-linux openssl openssh-client
-          ca-certificates vagrant)
+          ca-certificates vagrant
+          # The local Vagrant box (make vagrant-box): vagrant-libvirt with qemu (TCG), its disk tools, and what
+          # libvirt's isolated networks use (dnsmasq for DHCP, iptables for their rules).
+          vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+          dnsmasq-base iptables e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +23,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# libvirt-daemon-system would make these (and start daemons at install): qemu runs as libvirt-qemu.
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+  useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt --no-create-home \
+    --shell /usr/sbin/nologin libvirt-qemu
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 if [ -f requirements.yml ] && [ -x scripts/collections.sh ]; then
