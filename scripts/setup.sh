@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 packages=(postfix postfix-lmdb dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
           dovecot-sieve dovecot-managesieved sieve-connect fail2ban python3-systemd nginx
           debootstrap systemd-container unbound iproute2 util-linux openssl openssh-client
-          ca-certificates vagrant
+          ca-certificates vagrant pebble
           # The local Vagrant box (make vagrant-box): vagrant-libvirt with qemu (TCG), its disk tools, and what
           # libvirt's isolated networks use (dnsmasq for DHCP, iptables for their rules).
           vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
