@@ -3,7 +3,7 @@
 #   make test   - installs what the tests need, then runs lint and the whole test suite
 PYTHON ?= python3
 
-.PHONY: setup demo test lint unit integration e2e bench fuzz clean
+.PHONY: setup demo test lint unit integration e2e bench fuzz clean vagrant-box
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,11 @@ lint:
 
 test: setup lint
 	$(PYTHON) -m pytest -ra -v --timeout=1200 tests
+
+# The local Vagrant box mailprov/debian12 (libvirt, qemu/TCG), built from Debian packages and registered with
+# `vagrant box add`; cached, rebuilt when its inputs change. Last line: `provider: libvirt`.
+vagrant-box:
+	@$(PYTHON) -m provisioner.vagrantbox build
 
 unit:
 	$(PYTHON) -m pytest -ra -q tests/unit
