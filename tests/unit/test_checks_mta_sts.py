@@ -164,3 +164,74 @@ def test_judge_cert_on_disk() -> None:
     assert p.judge_cert_on_disk(served, {"/key.pem": None, "/chain.pem": served})[0] == "pass"
     assert p.judge_cert_on_disk(served, {"/key.pem": None})[1] == "no certificate in /key.pem"
     assert p.judge_cert_on_disk(served, {}) == ("fail", "no certificate file configured")
+
+
+# ---- tls.cert.disk end to end through the check, with a fake testinfra host --------------------------
+
+
+class _Out:
+    def __init__(self, stdout: str, rc: int = 0) -> None:
+        self.stdout, self.stderr, self.rc = stdout, "", rc
+
+
+class _File:
+    def __init__(self, text: str | None) -> None:
+        self.exists = text is not None
+        self.content_string = text or ""
+
+
+class FakeHost:
+    """Answers postconf/doveconf like a host whose Postfix and Dovecot name the given files."""
+
+    def __init__(self, files: dict[str, str], commands: dict[str, str]) -> None:
+        self.files, self.commands = files, commands
+
+    def run(self, cmd: str) -> _Out:
+        return _Out(self.commands.get(cmd, ""), 0 if cmd in self.commands or cmd == "true" else 1)
+
+    def file(self, path: str) -> _File:
+        return _File(self.files.get(path))
+
+
+def _pem(der: bytes) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _run_disk_check(monkeypatch: pytest.MonkeyPatch, served: dict[int, bytes], host: FakeHost) -> object:
+    from provisioner.checks import tls
+    from provisioner.checks.base import CATALOG
+    from provisioner.checks.context import Context, Options
+
+    ctx = Context(Options(target="mail.example.org", host=host))
+    facts = {port: p.cert_facts(der) for port, der in served.items()}
+    monkeypatch.setattr(tls, "_certs", lambda ctx, id: ({}, facts))
+    monkeypatch.setattr(tls, "tls_ports", lambda ctx, served_only=False: ({}, {}))
+    return CATALOG["tls.cert.disk"].fn(ctx)
+
+
+def test_cert_disk_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_checks_parsers import make_cert
+
+    old, new = make_cert(["mail.example.org"]), make_cert(["mail.example.org"])
+    commands = {
+        "postconf -h smtpd_tls_cert_file": "/etc/ssl/mail.pem\n",
+        "postconf -h smtpd_tls_chain_files": "\n",
+        "postconf -P": "",
+        "doveconf -h ssl_cert": "</etc/dovecot/mail.pem\n",
+    }
+    files = {"/etc/ssl/mail.pem": _pem(new), "/etc/dovecot/mail.pem": _pem(new)}
+    served = {25: new, 587: new, 465: new, 993: new, 995: new}
+    result = _run_disk_check(monkeypatch, served, FakeHost(files, commands))
+    assert result.status == "pass", result.reason  # type: ignore[attr-defined]
+    # Dovecot was not reloaded after the file changed: it still serves the old certificate.
+    served = {25: new, 587: new, 465: new, 993: old, 995: old}
+    result = _run_disk_check(monkeypatch, served, FakeHost(files, commands))
+    assert result.status == "fail"  # type: ignore[attr-defined]
+    assert "port 993: serves" in result.reason and "/etc/dovecot/mail.pem holds" in result.reason  # type: ignore[attr-defined]
+    assert "port 25" not in result.reason  # type: ignore[attr-defined]
+    # A configured file that is gone.
+    result = _run_disk_check(monkeypatch, {25: new}, FakeHost({}, commands))
+    assert result.status == "fail" and "no certificate in /etc/ssl/mail.pem" in result.reason  # type: ignore[attr-defined]
