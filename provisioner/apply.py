@@ -258,7 +258,10 @@ def _plain(value: Any) -> Any:
 
 def warm() -> None:
     """Compile every template now: Ansible's forked workers then inherit them instead of each compiling."""
-    env = render_mod._environment()
+    environment = getattr(render_mod, "_environment", None)
+    if environment is None:  # only a speed-up: rendering compiles on demand anyway
+        return
+    env = environment()
     for name in render_mod.template_names():
         env.get_template(name)
 
