@@ -12,6 +12,7 @@ from provisioner.checks.base import Result, Skip, Status, aggregate, check, wors
 from provisioner.checks.context import Context, PolicyFetchError
 from provisioner.checks.parsers import (
     LookupFailed,
+    StsPolicy,
     evaluate_spf,
     judge_dkim,
     judge_dmarc,
@@ -22,6 +23,7 @@ from provisioner.checks.parsers import (
     judge_tlsrpt,
     parse_spf,
     parse_sts_policy,
+    parse_tags,
     spf_limit_problems,
     spf_text,
     sts_records,
@@ -226,7 +228,8 @@ def mta_sts(ctx: Context) -> Result:
 
     Absent TXT = warn (fail when the spec says this server serves MTA-STS). A published TXT whose policy
     cannot be fetched (no redirects, verified TLS, text/plain, <= 64 KB) or is invalid, or whose mx
-    patterns miss an MX host of the domain, fails: senders that honour MTA-STS would not deliver.
+    patterns miss an MX host of the domain, fails: senders that honour MTA-STS would not deliver. With a
+    spec that serves MTA-STS, the served mode, max_age and mx and the TXT id must be the spec's.
     """
 
     def judge(ctx: Context, domain: str) -> tuple[Status, str, object]:
@@ -245,7 +248,13 @@ def mta_sts(ctx: Context) -> Result:
         else:
             evidence.update(url=fetched.url, address=fetched.address, policy=fetched.text)
             hosts = [host for _, host in ctx.mx(domain)]
-            policy_status, policy_reason = judge_sts_policy(parse_sts_policy(fetched.text), hosts)
+            policy = parse_sts_policy(fetched.text)
+            policy_status, policy_reason = judge_sts_policy(policy, hosts)
+            expected = _spec_policy(ctx)
+            if expected is not None:
+                if policy_status == "warn" and policy.mode == "none" == expected.mode:
+                    policy_status, policy_reason = "pass", f"{policy_reason} (as the spec says)"
+                verdicts += _against_spec(ctx, txts, policy, expected)
             if policy_status == "pass":
                 reason = f"{reason}; {policy_reason}" if status == "pass" else reason
             else:
@@ -256,6 +265,40 @@ def mta_sts(ctx: Context) -> Result:
         return worst_status, "; ".join(r for s, r in verdicts if s == worst_status), evidence
 
     return _per_domain(ctx, "dns.mta_sts", judge)
+
+
+def _spec_policy(ctx: Context) -> StsPolicy | None:
+    """The policy the spec serves (None without a spec, or when it serves no MTA-STS)."""
+    if ctx.spec is None or not getattr(ctx.spec, "mta_sts_served", False):
+        return None
+    return parse_sts_policy(ctx.spec.mta_sts_policy)
+
+
+def _against_spec(
+    ctx: Context, txts: list[str], served: StsPolicy, expected: StsPolicy
+) -> list[tuple[Status, str]]:
+    """A served policy and TXT that differ from what the spec renders (a stale policy or record)."""
+    out: list[tuple[Status, str]] = []
+    for name in ("mode", "max_age"):
+        if not served.errors and getattr(served, name) != getattr(expected, name):
+            out.append(
+                ("fail", f"serves {name} {getattr(served, name)}, the spec says {getattr(expected, name)}")
+            )
+    if not served.errors and sorted(served.mx) != sorted(expected.mx):
+        out.append(
+            ("fail", f"serves mx {', '.join(served.mx)}, the spec's MX hosts are {', '.join(expected.mx)}")
+        )
+    records = sts_records(txts)
+    published = parse_tags(records[0]).get("id", "") if len(records) == 1 else ""
+    want = getattr(ctx.spec, "mta_sts_id", None)
+    if published and want and published != want:
+        out.append(
+            (
+                "fail",
+                f"_mta-sts id={published}, the spec's policy has id={want} (publish `mailprov dns` again)",
+            )
+        )
+    return out
 
 
 @check("dns.tlsrpt", "TLS-RPT record published", needs=("dns",), severity="low")

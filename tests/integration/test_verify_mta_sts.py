@@ -32,6 +32,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS = "127.79.0.20"
 TIMEOUT = 2.0
+HASH = "{SHA512-CRYPT}$6$wS5qFv6gH6eWpZYc$CWN4Y.K75r8CcEwmbGrEYDoDjJpy0Yiyv6WgUWMchTaZjFub/qVo33twQi9Dlk3mKe16jjf64k3/XAbldkurH0"
 
 
 def _policy(mx: str = "mail.{case}.sts.test", **fields: str) -> str:
@@ -183,3 +184,48 @@ def test_loopback_policy_host_refused_without_allow_loopback(env: dict[str, Any]
     _, result = verify(env, "good")
     assert result["status"] == "fail" and "--allow-loopback" in result["reason"]
     assert len(env["server"].requests_seen) == requests  # nothing connected
+
+
+def _spec(tmp_path: Path, mode: str) -> Path:
+    path = tmp_path / f"mail-{mode}.yml"
+    path.write_text(
+        "hostname: mail.good.sts.test\n"
+        "domains:\n  - name: good.sts.test\n    mailboxes:\n"
+        f'      - address: alice@good.sts.test\n        password_hash: "{HASH}"\n'
+        "tls: {mode: acme, email: hostmaster@good.sts.test}\n"
+        f"dns: {{mta_sts: {{mode: {mode}, max_age: 604800}}}}\n"
+    )
+    return path
+
+
+def test_with_a_spec_the_served_policy_and_id_are_the_specs(env: dict[str, Any], tmp_path: Path) -> None:
+    from provisioner import spec as spec_mod
+
+    enforce = _spec(tmp_path, "enforce")
+    loaded = spec_mod.load(enforce)
+    assert loaded.mta_sts_served
+    zone = _zone()
+    zone[("_mta-sts.good.sts.test", "TXT")] = [f"v=STSv1; id={loaded.mta_sts_id}"]
+    with FakeZone(zone) as own:
+        code, result = verify({**env, "zone": own}, "good", "--allow-loopback", "--spec", str(enforce))
+        assert (code, result["status"]) == (0, "pass"), result["reason"]
+        # The spec says testing: the served policy (enforce) is stale, and so is the published id.
+        _, result = verify(
+            {**env, "zone": own}, "good", "--allow-loopback", "--spec", str(_spec(tmp_path, "testing"))
+        )
+        assert result["status"] == "fail"
+        assert "serves mode enforce, the spec says testing" in result["reason"]
+        assert "the spec's policy has id=" in result["reason"]
+    # The module's zone publishes another id for the same policy: republishing is due.
+    _, result = verify(env, "good", "--allow-loopback", "--spec", str(enforce))
+    assert (
+        result["status"] == "fail"
+        and f"id=20260101T000000, the spec's policy has id={loaded.mta_sts_id}" in result["reason"]
+    )
+
+
+def test_with_a_spec_that_serves_mta_sts_an_absent_record_fails(env: dict[str, Any], tmp_path: Path) -> None:
+    spec = tmp_path / "absent.yml"
+    spec.write_text(_spec(tmp_path, "enforce").read_text().replace("good.sts.test", "absent.sts.test"))
+    _, result = verify(env, "absent", "--allow-loopback", "--spec", str(spec))
+    assert result["status"] == "fail" and "the spec serves MTA-STS for absent.sts.test" in result["reason"]
