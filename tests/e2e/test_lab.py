@@ -7,10 +7,15 @@ import ipaddress
 import json
 import os
 import signal
+import ssl
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from provisioner import spec as spec_mod
 from provisioner.errors import UsageError
@@ -190,3 +195,130 @@ def _wait_gone(pids: list[int], timeout: float = 10) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"processes {pids} still running")
+
+
+# ---- lab up --acme: pebble -----------------------------------------------------------------------------
+
+ACME_HOST = "acmet1"
+
+
+def _ssh_input(lab: Lab, host: str, command: str, data: bytes, timeout: float = 60) -> None:
+    argv = [*lab.ssh_argv(host), command]
+    proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_acme_pebble_issues_over_real_http01_and_down_stops_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    acme_lab = Lab(tmp_path_factory.mktemp("lab-acme"))
+    pebble: tuple[int, int | None] = (0, None)
+    try:
+        status = acme_lab.up([ACME_HOST], acme=True)
+        acme = status["acme"]
+        resolver = status["resolver"]
+        assert acme["directory"] == f"https://{resolver}:14000/dir" and acme["state"] == "running"
+        bundle = Path(acme["ca_bundle"])
+        assert bundle.is_relative_to(acme_lab.dir) and bundle.read_text().count("BEGIN CERTIFICATE") == 2
+        state = json.loads((acme_lab.dir / "state.json").read_text())
+        pebble = (state["acme"]["pid"], state["acme"]["pid_start"])
+        assert pid_matches(*pebble)
+        environ = Path(f"/proc/{pebble[0]}/environ").read_bytes().split(b"\0")
+        assert b"PEBBLE_VA_NOSLEEP=1" in environ
+        assert not any(item.startswith(b"PEBBLE_VA_ALWAYS_VALID") for item in environ)
+        assert f"-dnsserver {resolver}:53" in " ".join(_cmdline_of(pebble[0]))
+        # `up` again keeps the same pebble (a restart would make a new root and orphan issued certificates).
+        bundle_text = bundle.read_text()
+        assert acme_lab.up([ACME_HOST], acme=True)["acme"] == acme
+        assert json.loads((acme_lab.dir / "state.json").read_text())["acme"]["pid"] == pebble[0]
+        assert bundle.read_text() == bundle_text
+
+        # The CLI's JSON carries it too.
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "provisioner",
+                "lab",
+                "status",
+                "--format",
+                "json",
+                "--lab-dir",
+                str(acme_lab.dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert json.loads(cli.stdout)["acme"] == acme
+
+        # From the control machine, a client trusting only the bundle talks to the directory.
+        context = ssl.create_default_context(cafile=str(bundle))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        with opener.open(acme["directory"], timeout=10) as answer:
+            assert "newOrder" in json.loads(answer.read())
+
+        # certbot inside the lab host (installed offline from the base image's apt cache), HTTP-01 on port 80.
+        install = acme_lab.run(
+            ACME_HOST, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q certbot >/dev/null", timeout=300
+        )
+        assert install.returncode == 0, install.stderr
+        _ssh_input(acme_lab, ACME_HOST, "cat > /root/lab-acme.pem", bundle.read_bytes())
+        name = f"{ACME_HOST}.lab.test"
+        certbot = (
+            "REQUESTS_CA_BUNDLE=/root/lab-acme.pem timeout 150 certbot certonly --standalone --non-interactive "
+            f"--agree-tos --no-eff-email -m admin@lab.test --server {acme['directory']} -d {name} "
+            "--preferred-challenges http --force-renewal"
+        )
+        # firewalld blocks port 80 (a fresh closed host): pebble's real validation cannot reach certbot.
+        refused = acme_lab.run(ACME_HOST, certbot, timeout=180)
+        assert refused.returncode != 0, refused.stdout
+        assert acme_lab.run(ACME_HOST, "firewall-cmd --add-service=http").returncode == 0
+        issued = acme_lab.run(ACME_HOST, certbot, timeout=180)
+        assert issued.returncode == 0, issued.stdout + issued.stderr
+        assert "authenticate" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+        # The challenge was fetched from the host's port 80 by pebble, from the bridge address.
+        served = acme_lab.run(
+            ACME_HOST, "grep -h 'acme-challenge' /var/log/letsencrypt/letsencrypt.log*"
+        ).stdout
+        assert any(
+            resolver in line and "GET /.well-known/acme-challenge/" in line for line in served.splitlines()
+        ), served[-2000:]
+        assert name in (acme_lab.dir / "acme" / "pebble.log").read_text()
+
+        # The issued chain verifies against the bundle (pebble's root), for the host's name.
+        live = f"/etc/letsencrypt/live/{name}"
+        workdir = tmp_path_factory.mktemp("acme-certs")
+        for item in ("cert.pem", "chain.pem"):
+            (workdir / item).write_text(acme_lab.run(ACME_HOST, f"cat {live}/{item}").stdout)
+        check = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                str(bundle),
+                "-untrusted",
+                str(workdir / "chain.pem"),
+                str(workdir / "cert.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        cert = x509.load_pem_x509_certificate((workdir / "cert.pem").read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [name]
+    finally:
+        acme_lab.down()
+    assert not pid_matches(*pebble)
+    assert acme_lab.status()["acme"] is None
+    assert not _processes_mentioning(str(acme_lab.dir))
+    assert not (acme_lab.dir / "acme").exists()
+    assert not Path(f"/sys/class/net/{status['bridge']}").exists()
+
+
+def _cmdline_of(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
