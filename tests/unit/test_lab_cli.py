@@ -54,3 +54,31 @@ def test_status_json_of_an_empty_lab(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["hosts"] == [] and data["resolver"] is None and data["inventory"].endswith("inventory.ini")
+
+
+def test_acme_without_pebble_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner import lab
+
+    monkeypatch.setattr(lab, "check_prerequisites", lambda *a, **k: None)
+    monkeypatch.setattr(lab, "_which", lambda tool: None)
+    result = invoke("lab", "up", "--acme", "--host", "mx1", "--lab-dir", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert "--acme: pebble is not installed" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_status_shows_acme(tmp_path: Path) -> None:
+    state = {
+        "resolver": "10.210.3.1",
+        "subnet": "10.210.3.0/24",
+        "hosts": {"mx1": {"ip": "10.210.3.2"}},
+        "acme": {"directory": "https://10.210.3.1:14000/dir", "ca_bundle": "/x/acme/ca-bundle.pem"},
+    }
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    table = invoke("lab", "status", "--lab-dir", str(tmp_path))
+    assert (
+        "acme       https://10.210.3.1:14000/dir  (stopped; CA bundle /x/acme/ca-bundle.pem)" in table.output
+    )
+    data = json.loads(invoke("lab", "status", "--format", "json", "--lab-dir", str(tmp_path)).output)
+    assert data["acme"]["directory"] == "https://10.210.3.1:14000/dir"
+    assert data["acme"]["ca_bundle"] == "/x/acme/ca-bundle.pem"
