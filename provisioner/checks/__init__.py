@@ -6,7 +6,7 @@ Library use::
     report = verify(Options(target="mail.example.org", domains=["example.org"]), only=["dns.*"])
     print(report.summary)
 
-Areas: dns, smtp, tls, imap/pop3 (mailbox), host. Each check is registered in CATALOG by id.
+Areas: dns, smtp, tls, imap/pop3 (mailbox), sieve, host. Each check is registered in CATALOG by id.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # Importing the area modules registers their checks, in catalog order.
-from provisioner.checks import dns, host, mailbox, smtp, tls  # noqa: F401
+from provisioner.checks import dns, host, mailbox, sieve, smtp, tls  # noqa: F401
 from provisioner.checks.base import CATALOG, Check, Result, Skip, select
 from provisioner.checks.context import Context, Options
 from provisioner.checks.runner import Report, run, run_one
@@ -33,7 +33,7 @@ __all__ = [
     "verify",
 ]
 
-_ORDER = ("dns", "smtp", "tls", "imap", "pop3", "host")
+_ORDER = ("dns", "smtp", "tls", "imap", "pop3", "sieve", "host")
 
 
 def ordered_catalog() -> list[Check]:

@@ -76,6 +76,8 @@ class Options:
     timeout: float = 10.0
     #: Connect to loopback/unspecified/link-local/multicast addresses (testing a server on this machine).
     allow_loopback: bool = False
+    #: A spam filter is expected although the spec does not say so (smtp.spam_filter runs).
+    expect_antispam: bool = False
 
 
 class UnsafeAddress(LookupFailed):
@@ -528,6 +530,9 @@ class Context:
         self.roundtrip_logged_in = threading.Event()
         #: Set once smtp.sender_ownership has done its logins (same reason).
         self.sender_checked = threading.Event()
+        #: Set once imap.quota and smtp.spam_filter have logged in (same reason).
+        self.quota_checked = threading.Event()
+        self.spam_checked = threading.Event()
 
     # ---- memo -------------------------------------------------------------------------------------
 

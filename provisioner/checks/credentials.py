@@ -32,6 +32,8 @@ from provisioner.checks.context import (
     close_pop3,
     describe,
 )
+from provisioner.checks.managesieve import PORT as SIEVE_PORT
+from provisioner.checks.managesieve import Client as SieveClient
 from provisioner.checks.parsers import text_of
 
 WRONG_PASSWORD = "mailprov-verify-wrong-password"
@@ -167,6 +169,31 @@ class _Pop3Login(Login):
         close_pop3(self.pop)
 
 
+class _SieveLogin(Login):
+    def __init__(self, ctx: Context) -> None:
+        self.user = ctx.options.user or ""
+        self.client = SieveClient(ctx.address(), SIEVE_PORT, ctx.io_timeout)
+        try:
+            if not self.client.greeting.ok:
+                raise ConnectionError(f"4190: greeting ends with {self.client.greeting.summary()}")
+            reply = self.client.starttls(client_context(), ctx.sni())
+            if not reply.ok:
+                raise ConnectionError(f"4190: STARTTLS refused: {reply.summary()}")
+        except BaseException:
+            self.client.close()
+            raise
+
+    def send(self, password: str) -> None:
+        self.client.send_plain(self.user, password)
+
+    def result(self) -> Outcome:
+        reply = self.client.auth_result()
+        return reply.ok, f"4190+STARTTLS: {reply.summary()}"
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def submission_ports(ctx: Context) -> list[int]:
     """Submission ports (587, 465) that are not switched off and accept TCP.
 
@@ -185,6 +212,8 @@ def _prepare(ctx: Context, key: str) -> Login | Outcome:
             return _SmtpLogin(ctx, int(port))
         if protocol == "imap":
             return _ImapLogin(ctx)
+        if protocol == "sieve":
+            return _SieveLogin(ctx)
         return _Pop3Login(ctx)
     except Exception as exc:
         return False, f"error: {describe(exc)}"
@@ -237,7 +266,7 @@ def _burst(ctx: Context, keys: list[str], password: str) -> dict[str, Outcome]:
 
 
 def logins(ctx: Context) -> dict[str, Outcome]:
-    """All test logins, memoised: keys like 'smtp:587', 'imap', 'pop3' and 'wrong:smtp:587', 'wrong:imap'."""
+    """All test logins, memoised: keys like 'smtp:587', 'imap', 'pop3', 'sieve' and 'wrong:...' for each."""
     return ctx.memo("logins", lambda: _logins(ctx))
 
 
@@ -248,6 +277,8 @@ def _logins(ctx: Context) -> dict[str, Outcome]:
         keys.append("imap")
     if ctx.port_expected(110) is not False or ctx.port_expected(995) is not False:
         keys.append("pop3")
+    if "sieve.managesieve" in ctx.selected and ctx.port_expected(4190) is not False and ctx.tcp_open(4190):
+        keys.append("sieve")
     # One wrong-password probe per protocol: SMTP on the first submission port.
     wrong = [k for k in keys if k != "smtp:465" or "smtp:587" not in keys]
     if not keys:
@@ -262,6 +293,10 @@ def _logins(ctx: Context) -> dict[str, Outcome]:
         ctx.roundtrip_logged_in.wait(bounded.time_left(ctx.io_timeout))
     if "smtp.sender_ownership" in ctx.selected:
         ctx.sender_checked.wait(bounded.time_left(ctx.io_timeout))
+    if "imap.quota" in ctx.selected:
+        ctx.quota_checked.wait(bounded.time_left(ctx.io_timeout))
+    if "smtp.spam_filter" in ctx.selected:
+        ctx.spam_checked.wait(bounded.time_left(ctx.io_timeout))
     bad = _send_all({k: _ready(task) for k, task in ready.items()}, WRONG_PASSWORD)
     return {**good, **{f"wrong:{k}": v for k, v in bad.items()}}
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import re
 import secrets
+import ssl
 
 from provisioner.checks.base import Result, Skip, Status, aggregate, check, worst
 from provisioner.checks.context import IMAP4, IMAP_PORTS, POP3_PORTS, Context, close_imap, describe
-from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, logins
+from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, imap_connect, logins
 from provisioner.checks.parsers import judge_login_disabled, judge_plaintext_login, text_of
+from provisioner.checks.quota import (
+    Quota,
+    QuotaSyntaxError,
+    flatten,
+    judge_quota,
+    parse_quota,
+    parse_quotaroot,
+)
 
 
 def _port_check(protocol: str, port: int) -> None:
@@ -122,3 +132,72 @@ def _login_check(protocol: str) -> None:
 
 _login_check("imap")
 _login_check("pop3")
+
+
+@check(
+    "imap.quota",
+    "IMAP GETQUOTA reports the test user's limit",
+    needs=("net", "creds"),
+    timeout_scale=AUTH_TIMEOUT_SCALE,
+)
+def quota(ctx: Context) -> Result:
+    """After login over TLS, GETQUOTAROOT INBOX answers with a STORAGE limit (the spec's, with a spec)."""
+    try:
+        return _quota(ctx)
+    finally:
+        ctx.quota_checked.set()
+
+
+def _expected_quota(ctx: Context, user: str) -> tuple[int | None, bool]:
+    """(the spec's quota for user in bytes or None, whether the spec has user as a mailbox)."""
+    if ctx.spec is None:
+        return None, False
+    for box in ctx.spec.mailboxes:
+        if box.address.lower() == user.lower():
+            return box.quota, True
+    return None, False
+
+
+def _quota(ctx: Context) -> Result:
+    id = "imap.quota"
+    if ctx.port_expected(143) is False and ctx.port_expected(993) is False:
+        raise Skip("IMAP is switched off in the spec")
+    user = ctx.options.user or ""
+    expected, known = _expected_quota(ctx, user)
+    imap, where = imap_connect(ctx)
+    try:
+        try:
+            imap.login(user, ctx.options.password or "")
+        except imaplib.IMAP4.error as exc:
+            return Result(id, "fail", f"login on {where} refused: {exc}")
+        finally:
+            ctx.quota_checked.set()
+        typ, data = imap.capability()
+        words = text_of(data[-1]).split() if typ == "OK" and data and isinstance(data[-1], bytes) else []
+        capable = any(w.upper() in ("QUOTA", "QUOTASET") or w.upper().startswith("QUOTA=") for w in words)
+        quotas: list[Quota] = []
+        evidence: dict[str, object] = {"port": where, "capability": words}
+        if capable:
+            typ, data = imap._simple_command("GETQUOTAROOT", "INBOX")  # type: ignore[attr-defined]
+            if typ != "OK":
+                return Result(
+                    id,
+                    "fail",
+                    f"GETQUOTAROOT INBOX refused: {typ} {text_of(data[-1] if data and isinstance(data[-1], bytes) else b'')}",
+                )
+            _, roots = imap._untagged_response(typ, data, "QUOTAROOT")  # type: ignore[attr-defined]
+            _, answers = imap._untagged_response(typ, data, "QUOTA")  # type: ignore[attr-defined]
+            try:
+                names = [parse_quotaroot(line) for line in flatten([r for r in roots if r is not None])]
+                quotas = [parse_quota(line) for line in flatten([a for a in answers if a is not None])]
+            except QuotaSyntaxError as exc:
+                return Result(id, "fail", f"malformed QUOTA answer: {exc}", evidence)
+            evidence["quotaroot"] = [{"mailbox": m, "roots": r} for m, r in names]
+            evidence["quota"] = {q.root: q.resources for q in quotas}
+        status, reason = judge_quota(capable, quotas, expected, known, user)
+        if status == "skip":
+            raise Skip(reason)
+        return Result(id, status, f"{where}: {reason}", evidence)
+    finally:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error, ssl.SSLError):
+            close_imap(imap)

@@ -549,3 +549,80 @@ def _control_envelope(ctx: Context, recipient: str) -> tuple[str, str]:
         return _envelope(client, RELAY_SENDER, recipient)
     finally:
         client.quit_quietly()
+
+
+# ---- spam filtering (mailbox work) ------------------------------------------------------------------
+
+#: The Generic Test for Unsolicited Bulk Email: every spam filter scores a message holding it as spam.
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def gtube_message(sender: str, recipient: str, token: str) -> EmailMessage:
+    """A small message whose body holds the GTUBE string."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = f"mailprov verify spam filter test {token}"
+    message.set_content(
+        f"Test message from `mailprov verify` (smtp.spam_filter): a spam filter must refuse it.\n\n{GTUBE}\n"
+    )
+    return message
+
+
+def antispam_expected(ctx: Context) -> bool:
+    """Whether a spam filter is expected: the spec enables antispam, or --expect-antispam was given."""
+    if ctx.options.expect_antispam:
+        return True
+    return bool(ctx.spec is not None and ctx.spec.antispam.enabled)
+
+
+@check("smtp.spam_filter", "A GTUBE message is refused", needs=("net",))
+def spam_filter(ctx: Context) -> Result:
+    """When antispam is expected: a GTUBE message on 25 to postmaster@ is refused at the end of DATA."""
+    try:
+        return _spam_filter(ctx)
+    finally:
+        ctx.spam_checked.set()
+
+
+def _spam_filter(ctx: Context) -> Result:
+    id = "smtp.spam_filter"
+    if not antispam_expected(ctx):
+        raise Skip("no spam filter expected (the spec has no antispam.enabled; pass --expect-antispam)")
+    _session(ctx, 25)
+    domain = _mail_domains(ctx)[0]
+    recipient = f"postmaster@{domain}"
+    client = ctx.smtp_client(25)
+    try:
+        verdict, reply = _envelope_kept(client, RELAY_SENDER, recipient)
+        if verdict != "accepted":
+            return Result(id, "fail", f"could not confirm: the envelope was not accepted ({reply})")
+        code, msg = client.data(gtube_message(RELAY_SENDER, recipient, ctx.token).as_bytes())
+    except smtplib.SMTPDataError as exc:
+        # smtplib raises only when DATA itself is refused; the end-of-data reply is returned.
+        return Result(
+            id, "fail", f"could not confirm: DATA refused ({exc.smtp_code} {text_of(exc.smtp_error)})"
+        )
+    finally:
+        client.quit_quietly()
+    evidence = f"GTUBE to <{recipient}> -> {code} {text_of(msg)}"
+    verdict = reply_class(code)
+    if verdict == "refused":
+        return Result(id, "pass", f"GTUBE refused at end of DATA ({code} {text_of(msg)})", evidence)
+    if verdict == "deferred":
+        return Result(id, "warn", f"GTUBE deferred, not refused ({code} {text_of(msg)})", evidence)
+    return Result(
+        id,
+        "fail",
+        f"GTUBE accepted ({code} {text_of(msg)}): no filter refused it (tagging cannot be confirmed from outside)",
+        evidence,
+    )
+
+
+def _envelope_kept(client: _SMTP, sender: str, recipient: str) -> tuple[str, str]:
+    """MAIL FROM, RCPT TO (no RSET): ('accepted'|'deferred'|'refused', the deciding reply)."""
+    code, msg = client.mail(sender)
+    if reply_class(code) != "accepted":
+        return reply_class(code), f"MAIL FROM:<{sender}> -> {code} {text_of(msg)}"
+    code, msg = client.rcpt(recipient)
+    return reply_class(code), f"RCPT TO:<{recipient}> -> {code} {text_of(msg)}"

@@ -185,6 +185,11 @@ def verify_cmd(
         "--allow-loopback",
         help="Allow TARGET/MX addresses on this machine (loopback, 0.0.0.0, link-local): testing a local server.",
     ),
+    expect_antispam: bool = typer.Option(
+        False,
+        "--expect-antispam",
+        help="A spam filter is expected (as with antispam.enabled in the spec): smtp.spam_filter sends GTUBE.",
+    ),
 ) -> None:
     """Check a mail server: DNS, SMTP, TLS, IMAP/POP3 from outside; packages, services, config with --ssh.
 
@@ -234,6 +239,7 @@ def verify_cmd(
             host=host,
             timeout=timeout,
             allow_loopback=allow_loopback,
+            expect_antispam=expect_antispam,
         )
         report = verify(options, patterns or None)
     if output is not None:

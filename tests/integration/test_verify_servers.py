@@ -67,13 +67,28 @@ def _records(dkim_b64: str) -> list[Record]:
     ]
 
 
-def _spec(path: Path, hostname: str, domain: str, users: list[str], dkim: Path | None = None) -> Path:
+def _spec(
+    path: Path,
+    hostname: str,
+    domain: str,
+    users: list[str],
+    dkim: Path | None = None,
+    quotas: dict[str, str] | None = None,
+    features: bool = True,
+) -> Path:
+    """A spec for a hand-configured server; features: Sieve with ManageSieve, and antispam, are served."""
+    quotas = quotas or {}
     dkim_line = f"dkim: {{selector: s1, public_key: {dkim}}}\n" if dkim else ""
-    boxes = "".join(f'      - address: {user}\n        password_hash: "{HASH}"\n' for user in users)
+    boxes = "".join(
+        f'      - address: {user}\n        password_hash: "{HASH}"\n'
+        + (f"        quota: {quotas[user]}\n" if user in quotas else "")
+        for user in users
+    )
+    feature_lines = "sieve: {enabled: true}\nantispam: {enabled: true}\n" if features else ""
     path.write_text(
         f"hostname: {hostname}\n"
         f"domains:\n  - name: {domain}\n    mailboxes:\n{boxes}"
-        "submission: {starttls_587: true, implicit_tls_465: true}\n" + dkim_line
+        "submission: {starttls_587: true, implicit_tls_465: true}\n" + dkim_line + feature_lines
     )
     return path
 
@@ -109,6 +124,10 @@ def lab() -> Iterator[dict[str, Any]]:
             {"alice@good.test": PASSWORD, "carol@good.test": PASSWORD},
             postfix_cert=good_cert,
             dovecot_cert=good_cert,
+            quotas={"alice@good.test": "10M"},
+            quota_plugin=True,
+            managesieve=True,
+            spam_reject=True,
         )
         bad = MailServer(
             root / "bad",
@@ -128,6 +147,7 @@ def lab() -> Iterator[dict[str, Any]]:
             local_spoof=True,
             own_helo=True,
             weak_ciphers=True,
+            managesieve=True,  # with imap_plaintext: SASL offered before STARTTLS
         )
         for server in (good, bad):
             server.root.mkdir()
@@ -155,6 +175,7 @@ def lab() -> Iterator[dict[str, Any]]:
                 "good.test",
                 ["alice@good.test", "carol@good.test"],
                 root / "dkim.pub",
+                quotas={"alice@good.test": "10M"},
             ),
             "bad_spec": _spec(root / "bad.yml", "mail.bad.test", "bad.test", ["bob@bad.test"]),
             "password_file": password_file,
@@ -272,6 +293,8 @@ def test_good_server_evidence(good_report: tuple[int, dict[str, Any]]) -> None:
         ("smtp.helo_own_name", "warn", "EHLO mail.bad.test accepted"),
         ("tls.ciphers", "fail", "CBC"),
         ("dns.mta_sts", "fail", "mta-sts.bad.test has no A or AAAA record"),
+        ("sieve.managesieve", "fail", "offers SASL PLAIN LOGIN before STARTTLS"),
+        ("smtp.spam_filter", "fail", "GTUBE accepted"),
     ],
 )
 def test_bad_server_fault_caught(
@@ -364,6 +387,9 @@ def test_dead_target_finishes_with_reasons(lab: dict[str, Any], dead_resolver: s
     assert results["smtp.port.587"]["status"] == "fail"
     assert "refused" in results["smtp.port.587"]["reason"]
     assert results["imap.port.993"]["status"] == "fail"
+    # The spec serves ManageSieve, so a closed 4190 is a failure, not a skip.
+    assert results["sieve.managesieve"]["status"] == "fail"
+    assert "refused" in results["sieve.managesieve"]["reason"]
     for check_id in ("dns.mx", "dns.spf", "dns.ptr"):
         assert results[check_id]["status"] == "fail"
         assert "did not answer" in results[check_id]["reason"], results[check_id]
@@ -421,3 +447,97 @@ def test_without_a_spec_unknown_user_and_spoofing_are_warnings(lab: dict[str, An
         "smtp.spoof_local_sender": "pass",
         "smtp.helo_own_name": "pass",
     }
+
+
+# ---- mailbox features: imap.quota, sieve.managesieve, smtp.spam_filter --------------------------------
+
+
+def test_good_server_mailbox_features(good_report: tuple[int, dict[str, Any]]) -> None:
+    results = by_id(good_report[1])
+    quota = results["imap.quota"]
+    assert quota["status"] == "pass" and "is the spec's 10M for alice@good.test" in quota["reason"], quota
+    assert quota["evidence"]["quota"]["User quota"]["STORAGE"][1] == 10240
+    sieve = results["sieve.managesieve"]
+    assert sieve["status"] == "pass", sieve
+    for words in (
+        "no SASL before it",
+        "ENCRYPT-NEEDED",
+        "SASL PLAIN LOGIN",
+        "good password",
+        "wrong password",
+    ):
+        assert words in sieve["reason"], sieve
+    assert sieve["evidence"]["capabilities"]["SASL"] == ""
+    spam = results["smtp.spam_filter"]
+    assert spam["status"] == "pass" and "550 5.7.1 Spam (GTUBE)" in spam["reason"], spam
+
+
+def _creds(lab: dict[str, Any], user: str) -> list[str]:
+    return ["--user", user, "--password-file", str(lab["password_file"])]
+
+
+def test_quota_other_than_the_spec_fails(lab: dict[str, Any], tmp_path: Path) -> None:
+    spec = _spec(
+        tmp_path / "other.yml",
+        "mail.good.test",
+        "good.test",
+        ["alice@good.test", "carol@good.test"],
+        quotas={"alice@good.test": "20M"},
+    )
+    common = ["--resolver", lab["resolver"], "--only", "imap.quota", "--timeout", "5"]
+    code, report = verify("mail.good.test", "--spec", str(spec), *common, *_creds(lab, "alice@good.test"))
+    (result,) = report["results"]
+    assert code == 1
+    assert result["status"] == "fail" and "10M" in result["reason"] and "spec sets 20M" in result["reason"]
+    # carol has no quota on the server and none in the spec: nothing to enforce, as the spec says.
+    code, report = verify("mail.good.test", "--spec", str(spec), *common, *_creds(lab, "carol@good.test"))
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "pass"), result
+    assert "no STORAGE limit, as the spec sets no quota" in result["reason"]
+
+
+def test_quota_without_a_spec(lab: dict[str, Any], tmp_path: Path) -> None:
+    common = ["--resolver", lab["resolver"], "--only", "imap.quota", "--timeout", "5"]
+    code, report = verify("mail.good.test", "--domain", "good.test", *common, *_creds(lab, "alice@good.test"))
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "pass"), result
+    assert "STORAGE limit" in result["reason"] and "10M" in result["reason"]
+    # The faulty server runs no quota plugin: without a spec nothing is expected...
+    code, report = verify("mail.bad.test", "--domain", "bad.test", *common, *_creds(lab, "bob@bad.test"))
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "skip") and "server has no quota" in result["reason"], result
+    # ...with a spec that sets a quota, its absence fails.
+    spec = _spec(
+        tmp_path / "q.yml", "mail.bad.test", "bad.test", ["bob@bad.test"], quotas={"bob@bad.test": "1G"}
+    )
+    code, report = verify("mail.bad.test", "--spec", str(spec), *common, *_creds(lab, "bob@bad.test"))
+    (result,) = report["results"]
+    assert (code, result["status"]) == (1, "fail") and "no QUOTA capability" in result["reason"], result
+
+
+def test_managesieve_without_a_spec(lab: dict[str, Any]) -> None:
+    common = ["--resolver", lab["resolver"], "--only", "sieve.managesieve", "--timeout", "5"]
+    code, report = verify("mail.good.test", "--domain", "good.test", *common, *_creds(lab, "carol@good.test"))
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "pass"), result
+    assert "good password: accepted" in result["reason"] and "wrong password: refused" in result["reason"]
+    code, report = verify("mail.bad.test", "--domain", "bad.test", *common)
+    (result,) = report["results"]
+    assert (code, result["status"]) == (1, "fail") and "before STARTTLS" in result["reason"], result
+    # Nothing listens on 4190 of the dead address, and no spec says anything should.
+    code, report = verify(DEAD_IP, "--domain", "good.test", *common)
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "skip") and "closed" in result["reason"], result
+
+
+def test_spam_filter_expected_only_when_asked(lab: dict[str, Any]) -> None:
+    common = ["--resolver", lab["resolver"], "--only", "smtp.spam_filter", "--timeout", "5"]
+    code, report = verify("mail.bad.test", "--domain", "bad.test", *common)
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "skip") and "--expect-antispam" in result["reason"], result
+    code, report = verify("mail.bad.test", "--domain", "bad.test", "--expect-antispam", *common)
+    (result,) = report["results"]
+    assert (code, result["status"]) == (1, "fail") and "GTUBE accepted (250" in result["reason"], result
+    code, report = verify("mail.good.test", "--domain", "good.test", "--expect-antispam", *common)
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "pass") and "GTUBE refused" in result["reason"], result

@@ -187,6 +187,7 @@ class MailServer:
     login before STARTTLS), dovecot_tls1 (TLS 1.0 accepted on 993/995), sender_forgery (authenticated
     users may use any envelope sender), local_spoof (outside mail from our own addresses accepted on 25),
     own_helo (EHLO with our own name accepted on 25), weak_ciphers (CBC suites on every TLS port).
+    Features: quota_plugin with per-user quotas, managesieve (4190), spam_reject (GTUBE refused).
     Without faults the protections are configured the way an admin would by hand: smtpd_sender_login_maps
     with reject_sender_login_mismatch, check_helo_access, and AEAD-only cipher lists.
     Certificates are given per daemon.
@@ -209,6 +210,12 @@ class MailServer:
     local_spoof: bool = False
     own_helo: bool = False
     weak_ciphers: bool = False
+    #: Mailbox features: per-user storage quotas (Dovecot quota plugin, imap_quota), ManageSieve on 4190,
+    #: and a "spam filter" refusing GTUBE at the end of DATA (Postfix body_checks REJECT).
+    quotas: dict[str, str] = field(default_factory=dict)
+    quota_plugin: bool = False
+    managesieve: bool = False
+    spam_reject: bool = False
     started: list[str] = field(default_factory=list)
 
     @property
@@ -302,6 +309,10 @@ class MailServer:
                 "smtpd_tls_ciphers = high",
                 "smtpd_tls_mandatory_ciphers = high",
             ]
+        if self.spam_reject:
+            gtube = r"XJS\*C4JDBQADN1\.NSBN3\*2IDNEN\*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL\*C\.34X"
+            (self.conf / "body_checks").write_text(f"/{gtube}/ REJECT Spam (GTUBE)\n")
+            lines.append(f"body_checks = regexp:{self.conf}/body_checks")
         (self.conf / "main.cf").write_text("\n".join(lines) + "\n")
         submission_senders = (
             "  -o smtpd_sender_restrictions="
@@ -337,7 +348,37 @@ class MailServer:
     def _write_dovecot(self) -> None:
         cert, key = self.dovecot_cert
         users = self.root / "dovecot" / "users"
-        users.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in self.users.items()))
+        users.write_text(
+            "".join(
+                f"{u}:{{PLAIN}}{p}::::::"
+                + (f"userdb_quota_rule=*:storage={self.quotas[u]}" if u in self.quotas else "")
+                + "\n"
+                for u, p in self.users.items()
+            )
+        )
+        features = []
+        if self.quota_plugin:
+            features += [
+                "mail_plugins = $mail_plugins quota",
+                "protocol imap {",
+                "  mail_plugins = $mail_plugins imap_quota",
+                "}",
+                "plugin {",
+                "  quota = maildir:User quota",
+                "}",
+            ]
+        if self.managesieve:
+            features += [
+                "service managesieve-login {",
+                "  inet_listener sieve {",
+                f"    address = {self.address}",
+                "    port = 4190",
+                "  }",
+                "}",
+                "plugin {",
+                "  sieve = file:~/sieve;active=~/.dovecot.sieve",
+                "}",
+            ]
         ssl_lines = (
             ["ssl_min_protocol = TLSv1", "ssl_cipher_list = ALL:@SECLEVEL=0"]
             if self.dovecot_tls1
@@ -350,7 +391,7 @@ class MailServer:
 base_dir = {self.root}/dovecot/run
 instance_name = mailprov-verify-{self.address}
 listen = {self.address}
-protocols = imap pop3 lmtp
+protocols = imap pop3 lmtp{" sieve" if self.managesieve else ""}
 ssl = {"yes" if self.imap_plaintext else "required"}
 ssl_cert = <{cert}
 ssl_key = <{key}
@@ -386,6 +427,7 @@ service auth {{
 protocol lmtp {{
   postmaster_address = postmaster@{self.domain}
 }}
+{chr(10).join(features)}
 """
         self.dovecot_conf.write_text(text)
 
@@ -396,7 +438,8 @@ protocol lmtp {{
         self.started.append("postfix")
         subprocess.run([DOVECOT, "-c", str(self.dovecot_conf)], check=True, timeout=60, **quiet)  # type: ignore[call-overload]
         self.started.append("dovecot")
-        for port in [25, 587, 143, 993, 110, 995, 24] + ([] if self.no_smtps else [465]):
+        ports = [25, 587, 143, 993, 110, 995, 24] + ([] if self.no_smtps else [465])
+        for port in ports + ([4190] if self.managesieve else []):
             wait_port(self.address, port)
         self._wait_auth()
 

@@ -48,6 +48,7 @@ CATALOG_IDS = [
     "smtp.sender_ownership",
     "smtp.spoof_local_sender",
     "smtp.helo_own_name",
+    "smtp.spam_filter",
     "tls.versions",
     "tls.cert.name",
     "tls.cert.chain",
@@ -60,9 +61,11 @@ CATALOG_IDS = [
     "imap.port.993",
     "imap.login_disabled",
     "imap.login",
+    "imap.quota",
     "pop3.port.110",
     "pop3.port.995",
     "pop3.login",
+    "sieve.managesieve",
     "host.packages",
     "host.services",
     "host.listening",
@@ -91,6 +94,9 @@ def test_catalog_metadata() -> None:
     assert CATALOG["host.drift"].needs == ("ssh", "spec")
     assert CATALOG["tls.cert.disk"].needs == ("net", "ssh")  # skipped with the reason without host access
     assert CATALOG["dns.mta_sts"].needs == ("dns", "net")  # fetches the policy over HTTPS
+    assert CATALOG["imap.quota"].needs == ("net", "creds")
+    assert CATALOG["sieve.managesieve"].needs == ("net",)  # logins only with credentials
+    assert CATALOG["smtp.spam_filter"].needs == ("net",)  # runs only when antispam is expected
 
 
 def test_select_patterns() -> None:
