@@ -311,6 +311,70 @@ def test_acme_pebble_issues_over_real_http01_and_down_stops_it(
         cert = x509.load_pem_x509_certificate((workdir / "cert.pem").read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.DNSName) == [name]
+
+        # verify's dns.mta_sts against a real policy host: nginx on the lab host with a pebble certificate
+        # for mta-sts.DOMAIN, the domain's records (MX, A, _mta-sts id) published from a spec in acme mode.
+        spec_file = workdir / "sts.yml"
+        spec_file.write_text(
+            "hostname: mail.ststest.test\n"
+            "domains:\n  - name: ststest.test\n    mailboxes:\n"
+            f'      - address: alice@ststest.test\n        password_hash: "{HASH}"\n'
+            f"tls: {{mode: acme, email: hostmaster@ststest.test, directory: '{acme['directory']}'}}\n"
+            "dns: {mta_sts: {mode: enforce, max_age: 86400}}\n"
+        )
+        sts_spec = spec_mod.load(spec_file)
+        acme_lab.dns_load(sts_spec, ACME_HOST)
+        names = "-d mail.ststest.test -d mta-sts.ststest.test --cert-name sts"
+        issued = acme_lab.run(ACME_HOST, certbot.replace(f"-d {name}", names), timeout=180)
+        assert issued.returncode == 0, issued.stdout + issued.stderr
+        install = acme_lab.run(
+            ACME_HOST, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx", timeout=300
+        )
+        assert install.returncode == 0, install.stderr
+        _ssh_input(acme_lab, ACME_HOST, "cat > /var/www/mta-sts.txt", sts_spec.mta_sts_policy.encode())
+        site = (
+            "server {\n listen 443 ssl;\n server_name mta-sts.ststest.test;\n"
+            " ssl_certificate /etc/letsencrypt/live/sts/fullchain.pem;\n"
+            " ssl_certificate_key /etc/letsencrypt/live/sts/privkey.pem;\n"
+            " location = /.well-known/mta-sts.txt { default_type text/plain; alias /var/www/mta-sts.txt; }\n}\n"
+        )
+        _ssh_input(acme_lab, ACME_HOST, "cat > /etc/nginx/sites-enabled/mta-sts", site.encode())
+        reload = acme_lab.run(
+            ACME_HOST, "nginx -t && systemctl reload nginx && firewall-cmd --add-service=https"
+        )
+        assert reload.returncode == 0, reload.stdout + reload.stderr
+
+        def verify_sts() -> dict:
+            argv = [
+                sys.executable,
+                "-m",
+                "provisioner",
+                "verify",
+                "mail.ststest.test",
+                "--domain",
+                "ststest.test",
+            ]
+            argv += ["--resolver", resolver, "--ca", str(bundle), "--spec", str(spec_file)]
+            argv += ["--only", "dns.mta_sts", "--format", "json", "--timeout", "10"]
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert "Traceback" not in run.stderr, run.stderr
+            result: dict = json.loads(run.stdout)["results"][0]
+            return result
+
+        result = verify_sts()
+        assert result["status"] == "pass", result["reason"]
+        assert (
+            "mode enforce, max_age 86400, mx mail.ststest.test covers mail.ststest.test" in result["reason"]
+        )
+        # A stale policy on the host: verify names what differs from the spec.
+        _ssh_input(
+            acme_lab,
+            ACME_HOST,
+            "cat > /var/www/mta-sts.txt",
+            sts_spec.mta_sts_policy.replace("enforce", "testing").encode(),
+        )
+        result = verify_sts()
+        assert result["status"] == "fail" and "serves mode testing, the spec says enforce" in result["reason"]
     finally:
         acme_lab.down()
     assert not pid_matches(*pebble)
