@@ -11,6 +11,7 @@ SMTP replies parsed strictly (three digits 2xx-5xx, consistent multi-line replie
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import imaplib
 import ipaddress
@@ -250,6 +251,9 @@ class StsFetch:
     content_type: str
     text: str
 
+
+#: Connection errors after which the policy host's next address is tried.
+_UNREACHABLE = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH)
 
 #: RFC 8461 section 3.3: the policy's fixed place on the policy host.
 STS_PATH = "/.well-known/mta-sts.txt"
@@ -691,9 +695,10 @@ class Context:
                 )
                 content_type, text = read_policy_response(conn.getresponse(), url)
                 return StsFetch(url, address, content_type, text)
-            except ConnectionRefusedError:
-                if index == len(safe) - 1:
-                    raise PolicyFetchError(f"{url}: connection refused on {address}:443") from None
+            except OSError as exc:
+                # Like a sender, try the policy host's next address when this one cannot be reached at all.
+                if exc.errno not in _UNREACHABLE or index == len(safe) - 1:
+                    raise PolicyFetchError(f"{url} ({address}:443): {describe(exc)}") from None
             except PolicyFetchError:
                 raise
             except http.client.HTTPException as exc:

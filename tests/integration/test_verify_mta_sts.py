@@ -31,6 +31,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS = "127.79.0.20"
+CLOSED = "127.79.0.21"  # nothing listens there: connections are refused
 TIMEOUT = 2.0
 HASH = "{SHA512-CRYPT}$6$wS5qFv6gH6eWpZYc$CWN4Y.K75r8CcEwmbGrEYDoDjJpy0Yiyv6WgUWMchTaZjFub/qVo33twQi9Dlk3mKe16jjf64k3/XAbldkurH0"
 
@@ -81,6 +82,8 @@ CASES: dict[str, tuple[Answer | None, str | None]] = {
     "nohost": (None, "v=STSv1; id=x1"),
     "badid": (Answer(GOOD_POLICY.format(mx="mail.badid.sts.test").encode()), "v=STSv1; id=2026-01-01"),
     "absent": (Answer(GOOD_POLICY.format(mx="mail.absent.sts.test").encode()), None),
+    "refused": (Answer(b""), "v=STSv1; id=q1"),
+    "secondaddr": (Answer(GOOD_POLICY.format(mx="mail.secondaddr.sts.test").encode()), "v=STSv1; id=t2"),
     "modenone": (Answer(b"version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n"), "v=STSv1; id=z1"),
 }
 
@@ -95,6 +98,9 @@ def _zone() -> dict[tuple[str, str], list[str | bytes]]:
             zone[(f"_mta-sts.{domain}", "TXT")] = [txt]
         if answer is not None:
             zone[(f"mta-sts.{domain}", "A")] = [ADDRESS]
+    # The policy host's first address refuses connections: the second one serves the policy.
+    zone[("mta-sts.secondaddr.sts.test", "A")] = [CLOSED, ADDRESS]
+    zone[("mta-sts.refused.sts.test", "A")] = [CLOSED]
     zone[("wildcard.sts.test", "MX")] = ["10 mx1.wildcard.sts.test.", "20 mx2.wildcard.sts.test."]
     zone[("mx1.wildcard.sts.test", "A")] = [ADDRESS]
     zone[("mx2.wildcard.sts.test", "A")] = [ADDRESS]
@@ -154,6 +160,8 @@ def verify(env: dict[str, Any], case: str, *extra: str, ca: bool = True) -> tupl
         ("badid", "fail", "invalid id='2026-01-01'"),
         ("absent", "warn", "no _mta-sts TXT record"),
         ("modenone", "warn", "mode none"),
+        ("secondaddr", "pass", "mx mail.secondaddr.sts.test covers"),
+        ("refused", "fail", "(127.79.0.21:443): connection refused"),
     ],
 )
 def test_policy_cases(env: dict[str, Any], case: str, status: str, words: str) -> None:
