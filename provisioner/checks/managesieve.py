@@ -234,8 +234,10 @@ def plain_command(user: str, password: str) -> bytes:
 class Client:
     """One ManageSieve session on a bounded socket: greeting, STARTTLS, AUTHENTICATE, LOGOUT."""
 
-    def __init__(self, address: str, port: int = PORT, timeout: float | None = None) -> None:
-        self.sock: Any = bounded.connect(address, port, timeout)
+    def __init__(
+        self, address: str, port: int = PORT, timeout: float | None = None, sock: Any = None
+    ) -> None:
+        self.sock: Any = sock if sock is not None else bounded.connect(address, port, timeout)
         self.file: Any = self.sock.makefile("rb")
         self.greeting = read_response(self.file)
         self.caps = capabilities(self.greeting) if self.greeting.ok else {}

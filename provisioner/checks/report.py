@@ -11,7 +11,7 @@ JSON format (stable; keys are only ever added, never renamed or removed)::
           "reason": "refused: 554 5.7.1 ...",   # one line
           "evidence": ...,                      # JSON value: record text, banner, cert facts, or null
           "title": "No relaying for strangers", # human title of the check
-          "area": "smtp",                       # dns | smtp | tls | imap | pop3 | host
+          "area": "smtp",                       # dns | smtp | tls | imap | pop3 | sieve | host
           "severity": "high",                   # high | medium | low
           "duration": 0.012                     # seconds the check took
         }

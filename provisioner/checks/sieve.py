@@ -8,11 +8,11 @@ import secrets
 import ssl
 from dataclasses import dataclass, field
 
+from provisioner.checks import bounded
 from provisioner.checks.base import Result, Skip, Status, aggregate, check
 from provisioner.checks.context import Context, client_context, describe
 from provisioner.checks.credentials import AUTH_TIMEOUT_SCALE, logins
 from provisioner.checks.managesieve import PORT, Client, Response, sasl_mechanisms
-from provisioner.checks.parsers import LookupFailed
 
 _PLAINTEXT_REFUSED = re.compile(
     r"plain ?text|disallowed|not allowed|encrypt|(?:ssl|tls|starttls)\b[^.]*\brequired"
@@ -43,7 +43,8 @@ def judge_plaintext_authenticate(response: Response) -> tuple[Status, str]:
 class SieveProbe:
     """What one ManageSieve session on 4190 showed."""
 
-    refused: bool = False
+    #: No TCP connection to 4190 (refused, unreachable or no answer to the connect).
+    closed: bool = False
     error: str | None = None
     greeting: str = ""
     caps: dict[str, str] = field(default_factory=dict)
@@ -61,15 +62,19 @@ def probe(ctx: Context) -> SieveProbe:
 
 def _probe(ctx: Context) -> SieveProbe:
     out = SieveProbe()
+    address = ctx.address()
     try:
-        client = Client(ctx.address(), PORT, ctx.io_timeout)
-    except ConnectionRefusedError:
-        out.refused = True
-        out.error = "connection refused"
-        return out
-    except LookupFailed:
-        raise
+        sock = bounded.connect(address, PORT, ctx.io_timeout)
     except Exception as exc:
+        # Refused, unreachable (a firewall's reject) or dropped: nothing serves ManageSieve here.
+        out.closed = True
+        out.error = describe(exc)
+        return out
+    try:
+        client = Client(address, PORT, sock=sock)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            sock.close()
         out.error = describe(exc)
         return out
     try:
@@ -125,14 +130,14 @@ def managesieve(ctx: Context) -> Result:
     id = "sieve.managesieve"
     expected = _expected(ctx)
     found = probe(ctx)
-    if found.refused or (found.error and not found.greeting):
+    if found.closed:
         if expected:
             return Result(id, "fail", f"port {PORT}: {found.error} (the spec serves ManageSieve)")
-        if expected is False and found.refused:
-            raise Skip(f"port {PORT} is closed; the spec serves no ManageSieve")
-        if found.refused:
-            raise Skip(f"port {PORT} is closed and no spec says it should serve ManageSieve")
-        return Result(id, "fail", f"port {PORT}: {found.error}")
+        if expected is False:
+            raise Skip(f"port {PORT} is closed ({found.error}); the spec serves no ManageSieve")
+        raise Skip(f"port {PORT} is closed ({found.error}) and no spec says it should serve ManageSieve")
+    if found.error and not found.greeting:
+        return Result(id, "fail", f"port {PORT}: no ManageSieve greeting: {found.error}")
     evidence = {"capabilities": found.caps, "capabilities_after_tls": found.caps_tls}
     if expected is False:
         return Result(id, "warn", f"port {PORT} answers ManageSieve, but the spec serves none", evidence)

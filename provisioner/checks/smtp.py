@@ -596,7 +596,8 @@ def _spam_filter(ctx: Context) -> Result:
     try:
         verdict, reply = _envelope_kept(client, RELAY_SENDER, recipient)
         if verdict != "accepted":
-            return Result(id, "fail", f"could not confirm: the envelope was not accepted ({reply})")
+            status: Status = "warn" if verdict == "deferred" else "fail"
+            return Result(id, status, f"could not confirm: the envelope was not accepted ({reply})")
         code, msg = client.data(gtube_message(RELAY_SENDER, recipient, ctx.token).as_bytes())
     except smtplib.SMTPDataError as exc:
         # smtplib raises only when DATA itself is refused; the end-of-data reply is returned.
