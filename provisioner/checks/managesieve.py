@@ -197,6 +197,10 @@ def read_response(reader: Reader) -> Response:
             response = _final(tokens)
             response.lines = lines
             return response
+        if first.kind != "string":
+            # Every ManageSieve data line starts with a string; anything else is another protocol.
+            shown = " ".join(t.value for t in tokens)
+            raise ProtocolError(f"protocol error: '{shown[:60]}' is not a ManageSieve response")
         lines.append(tokens)
         if len(lines) >= MAX_RESPONSE_LINES:
             raise ReplyTooLarge(f"reply over {MAX_RESPONSE_LINES} lines")

@@ -116,6 +116,7 @@ def test_final_line_with_code_arguments_and_literal_text() -> None:
         (b'OK "a" "b"\r\n', ProtocolError, "after OK"),
         (b"OK (TAG\r\n", ProtocolError, "without"),
         (b"\r\n", ProtocolError, "empty"),
+        (b"220 smtp.example ESMTP\r\n", ProtocolError, "not a ManageSieve response"),
     ],
 )
 def test_hostile_or_broken_responses_are_refused(data: bytes, error: type[Exception], words: str) -> None:
@@ -124,8 +125,10 @@ def test_hostile_or_broken_responses_are_refused(data: bytes, error: type[Except
 
 
 def test_a_capability_line_must_be_strings() -> None:
-    with pytest.raises(ProtocolError, match="not a capability line"):
+    with pytest.raises(ProtocolError, match="not a ManageSieve response"):
         capabilities(response(b'SASL "PLAIN"\r\nOK\r\n'))
+    with pytest.raises(ProtocolError, match="not a capability line"):
+        capabilities(response(b'"SASL" ("PLAIN")\r\nOK\r\n'))
     with pytest.raises(ProtocolError, match="not a capability line"):
         capabilities(response(b'"SASL" "PLAIN" "extra"\r\nOK\r\n'))
 
