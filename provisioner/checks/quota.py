@@ -1,4 +1,5 @@
-"""Pure parsers and the judge for IMAP QUOTA (RFC 9208, formerly RFC 2087) answers. No I/O here.
+"""Pure parsers for what the mailbox-feature checks read over IMAP: QUOTA answers (RFC 9208, formerly
+RFC 2087) and their judge, LIST lines, spam headers. No I/O here.
 
     C: a1 GETQUOTAROOT INBOX
     S: * QUOTAROOT INBOX "User quota"
@@ -153,3 +154,26 @@ def judge_quota(
     if spec_knows:
         return "pass", f"no STORAGE limit, as the spec sets no quota for {user}"
     return "skip", f"no STORAGE limit for {user} (QUOTA is supported; no spec says one is expected)"
+
+
+def parse_list_name(line: bytes) -> str | None:
+    """The mailbox name of one LIST answer (`(\\HasNoChildren) "/" "Junk"`), None when unusable."""
+    try:
+        tokens = _tokens(line.decode("utf-8", "replace"))
+    except QuotaSyntaxError:
+        return None
+    if ")" not in tokens:
+        return None
+    rest = tokens[tokens.index(")") + 1 :]
+    if len(rest) != 2 or rest[1] is None:
+        return None
+    return rest[1][1:] if rest[1].startswith('"') else rest[1]
+
+
+_SPAM_HEADER = re.compile(r"^(X-Spam(?:-Flag|-Status)?)[ \t]*:[ \t]*(yes|true)\b", re.I | re.M)
+
+
+def spam_tag(header: str) -> str | None:
+    """The spam verdict header a filter added (`X-Spam: Yes`, `X-Spam-Flag: YES`, `X-Spam-Status: Yes, ...`)."""
+    match = _SPAM_HEADER.search(header.replace("\r\n", "\n"))
+    return f"{match.group(1)}: {match.group(2)}" if match else None

@@ -134,7 +134,7 @@ def lab() -> Iterator[dict[str, Any]]:
             BAD_IP,
             "mail.bad.test",
             "bad.test",
-            {"bob@bad.test": PASSWORD},
+            {"bob@bad.test": PASSWORD, "dave@bad.test": PASSWORD},
             postfix_cert=ca.issue("bad-expired", "mail.bad.test", expired=True),
             dovecot_cert=ca.issue("bad-wrongname", "wrong-name.example.test"),
             open_relay=True,
@@ -148,6 +148,7 @@ def lab() -> Iterator[dict[str, Any]]:
             own_helo=True,
             weak_ciphers=True,
             managesieve=True,  # with imap_plaintext: SASL offered before STARTTLS
+            spam_tag_users=["bob@bad.test"],  # no filter refuses GTUBE; bob's delivery tags it
         )
         for server in (good, bad):
             server.root.mkdir()
@@ -541,3 +542,35 @@ def test_spam_filter_expected_only_when_asked(lab: dict[str, Any]) -> None:
     code, report = verify("mail.good.test", "--domain", "good.test", "--expect-antispam", *common)
     (result,) = report["results"]
     assert (code, result["status"]) == (0, "pass") and "GTUBE refused" in result["reason"], result
+
+
+def _gtube_messages(lab: dict[str, Any], user: str) -> int:
+    """How many GTUBE test messages a bad.test mailbox holds (runs without credentials leave theirs)."""
+    maildir = lab["root"] / "bad" / "mail" / "bad.test" / user / "Maildir"
+    found = [p for d in ("new", "cur") if (maildir / d).exists() for p in (maildir / d).iterdir()]
+    return sum("spam filter test" in p.read_text() for p in found)
+
+
+def test_spam_filter_with_credentials_looks_for_spam_headers(lab: dict[str, Any]) -> None:
+    common = [
+        "--resolver",
+        lab["resolver"],
+        "--only",
+        "smtp.spam_filter",
+        "--timeout",
+        "5",
+        "--expect-antispam",
+    ]
+    before = {user: _gtube_messages(lab, user) for user in ("bob", "dave")}
+    # Accepted, and delivered with X-Spam-Flag: YES: a filter that tags, confirmed from the mailbox.
+    code, report = verify("mail.bad.test", "--domain", "bad.test", *common, *_creds(lab, "bob@bad.test"))
+    (result,) = report["results"]
+    assert (code, result["status"]) == (0, "pass"), result
+    assert "tagged as spam (X-Spam-Flag: YES) in INBOX" in result["reason"]
+    # Accepted and delivered untagged.
+    code, report = verify("mail.bad.test", "--domain", "bad.test", *common, *_creds(lab, "dave@bad.test"))
+    (result,) = report["results"]
+    assert (code, result["status"]) == (1, "fail"), result
+    assert "delivered to INBOX without spam headers" in result["reason"]
+    # With credentials the message went to the test mailbox, and verify deleted it.
+    assert {user: _gtube_messages(lab, user) for user in ("bob", "dave")} == before

@@ -216,6 +216,9 @@ class MailServer:
     quota_plugin: bool = False
     managesieve: bool = False
     spam_reject: bool = False
+    #: Users whose delivery tags GTUBE mail (a Sieve editheader script adds X-Spam-Flag: YES), standing in
+    #: for a filter that only tags.
+    spam_tag_users: list[str] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
 
     @property
@@ -348,10 +351,22 @@ class MailServer:
     def _write_dovecot(self) -> None:
         cert, key = self.dovecot_cert
         users = self.root / "dovecot" / "users"
+        tag_dir = self.root / "dovecot" / "tag"
+        tag_script = tag_dir / "tag.sieve"
+        if self.spam_tag_users:
+            tag_dir.mkdir()
+            tag_script.write_text(
+                'require ["editheader", "body"];\n'
+                'if body :contains "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL" { addheader "X-Spam-Flag" "YES"; }\n'
+            )
+            shutil.chown(tag_dir, "mail", "mail")
         users.write_text(
             "".join(
                 f"{u}:{{PLAIN}}{p}::::::"
-                + (f"userdb_quota_rule=*:storage={self.quotas[u]}" if u in self.quotas else "")
+                + " ".join(
+                    ([f"userdb_quota_rule=*:storage={self.quotas[u]}"] if u in self.quotas else [])
+                    + ([f"userdb_sieve_before={tag_script}"] if u in self.spam_tag_users else [])
+                )
                 + "\n"
                 for u, p in self.users.items()
             )
@@ -377,6 +392,7 @@ class MailServer:
                 "}",
                 "plugin {",
                 "  sieve = file:~/sieve;active=~/.dovecot.sieve",
+                "  sieve_extensions = +editheader",
                 "}",
             ]
         ssl_lines = (
@@ -426,6 +442,7 @@ service auth {{
 }}
 protocol lmtp {{
   postmaster_address = postmaster@{self.domain}
+  {"mail_plugins = $mail_plugins sieve" if self.spam_tag_users else ""}
 }}
 {chr(10).join(features)}
 """

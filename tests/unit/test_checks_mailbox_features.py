@@ -23,8 +23,10 @@ from provisioner.checks.quota import (
     QuotaSyntaxError,
     flatten,
     judge_quota,
+    parse_list_name,
     parse_quota,
     parse_quotaroot,
+    spam_tag,
 )
 from provisioner.checks.sieve import judge_plaintext_authenticate
 from provisioner.checks.smtp import GTUBE, gtube_message
@@ -236,3 +238,32 @@ def test_gtube_message_holds_the_test_string() -> None:
     body = message.as_bytes()
     assert GTUBE.encode() in body and b"t0k" in body
     assert GTUBE == "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        (b'(\\HasNoChildren) "/" "INBOX"', "INBOX"),
+        (b'(\\HasNoChildren \\Junk) "." Junk', "Junk"),
+        (b'() NIL "a \\"b\\""', 'a "b"'),
+        (b"garbage", None),
+        (b'(\\Noselect) "/"', None),
+    ],
+)
+def test_parse_list_name(line: bytes, name: str | None) -> None:
+    assert parse_list_name(line) == name
+
+
+@pytest.mark.parametrize(
+    ("header", "tag"),
+    [
+        ("Subject: x\r\nX-Spam-Flag: YES\r\n", "X-Spam-Flag: YES"),
+        ("X-Spam: Yes\n", "X-Spam: Yes"),
+        ("X-Spam-Status: Yes, score=1000.0 required=5.0 tests=GTUBE\n", "X-Spam-Status: Yes"),
+        ("X-Spam-Status: No, score=0.1\nX-Spam-Flag: NO\n", None),
+        ("Subject: X-Spam: Yes\n", None),  # not a header of its own
+        ("", None),
+    ],
+)
+def test_spam_tag(header: str, tag: str | None) -> None:
+    assert spam_tag(header) == tag
