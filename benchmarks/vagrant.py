@@ -9,7 +9,7 @@ the lab lock:
 
 Phases are cut at Vagrant's own output lines: "Uploading base box image" (first use of a box version only:
 vagrant-libvirt copies it into the storage pool), "Running trigger: mailprov" (the VM booted and answers
-SSH), and the `mailprov verify` report title (apply done).
+SSH), and apply's "converged in" line (apply done, verify starts).
 """
 
 from __future__ import annotations
@@ -80,14 +80,8 @@ def main() -> None:
         upload_start = first(lines, "Uploading base box image")
         upload_end = first(lines, "Creating image (snapshot")
         booted = first(lines, "Running trigger: mailprov")
-        verify_start = next(
-            (
-                at
-                for at, text in lines
-                if text.strip().startswith("mailprov verify ") and booted and at > booted
-            ),
-            None,
-        )
+        # The table recap ends with "converged in N s"; verify follows at once.
+        verify_start = first(lines, "converged in")
         upload = (upload_end - upload_start) if upload_start is not None and upload_end is not None else 0.0
         if booted is not None:
             print(f"{'box copy into the libvirt pool (first use)':<40} {upload:7.1f} s")
