@@ -4,7 +4,7 @@ Targets on our machine (2 cores): warm `up` of 2 hosts under 20 s, `down` under 
 (debootstrap + packages, then the 2-host `up`) under 3 min. Prints the figures; asserts nothing.
 Needs root. --cold builds into a temporary cache directory so the shared cache is left alone.
 
-    sudo python benchmarks/lab.py [--cold] [--repeat 2]
+    sudo python benchmarks/lab.py [--cold] [--repeat 2] [--acme]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also time a first build into a temporary cache")
     parser.add_argument("--repeat", type=int, default=2, help="warm up/down cycles")
+    parser.add_argument("--acme", action="store_true", help="also time starting pebble (`lab up --acme`)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mailprov-bench-"))
     try:
@@ -58,6 +59,9 @@ def main() -> None:
             try:
                 timed(f"warm: lab up (2 hosts) #{i + 1} (< 20 s)", partial(lab.up, HOSTS))
                 timed(f"warm: lab up again #{i + 1}", partial(lab.up, HOSTS))
+                if args.acme:
+                    # Hosts already up: what --acme adds (listener CA, pebble start, directory and root fetched).
+                    timed(f"warm: lab up --acme (pebble) #{i + 1}", partial(lab.up, HOSTS, acme=True))
             finally:
                 timed(f"lab down #{i + 1} (< 5 s)", lab.down)
     finally:
