@@ -33,7 +33,9 @@ def test_records_for_every_domain(multi: spec.Spec) -> None:
         assert by_name(recs, f"_dmarc.{domain}", "TXT") == [
             "v=DMARC1; p=reject; rua=mailto:reports@example.org"
         ]
-        assert not by_name(recs, f"_mta-sts.{domain}", "TXT"), "self-signed: senders could not verify a policy host"
+        assert not by_name(recs, f"_mta-sts.{domain}", "TXT"), (
+            "self-signed: senders could not verify a policy host"
+        )
         assert by_name(recs, f"_smtp._tls.{domain}", "TXT") == [f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"]
     assert by_name(recs, "mx.example.org", "A") == ["192.0.2.25"]
     assert by_name(recs, "mx.example.org", "AAAA") == ["2001:db8::25"]

@@ -31,7 +31,9 @@ def test_render_matches_golden(case: str, profile_name: str, monkeypatch: pytest
         render.write_tree(files, expected_dir)
     expected = {
         # bytes as written: the MTA-STS policy's CRLF line ends are part of what is compared
-        str(p.relative_to(expected_dir)): p.read_bytes().decode() for p in expected_dir.rglob("*") if p.is_file()
+        str(p.relative_to(expected_dir)): p.read_bytes().decode()
+        for p in expected_dir.rglob("*")
+        if p.is_file()
     }
     assert sorted(files) == sorted(expected), "set of rendered files differs from the golden tree"
     for rel, text in files.items():
