@@ -48,8 +48,30 @@ CALLBACK_NAME = "mailprov_events"
 COLLECTIONS_DIR = PROJECT_ROOT / "collections"
 COLLECTION_DIR = COLLECTIONS_DIR / "ansible_collections" / "mailprov" / "mail"
 ROLE_DIR = COLLECTION_DIR / "roles" / "server"
-#: Rendered paths whose content is secret (password hashes): never logged, never shown in a diff.
-SECRET_PATHS = frozenset({"etc/dovecot/users"})
+#: Rendered paths whose content is secret (password hashes, the relay password): never logged or diffed.
+SECRET_PATHS = render_mod.SECRET_PATHS
+
+
+def check_applicable(spec: Spec) -> None:
+    """Refuse spec features whose host work apply does not do yet (render and verify support them).
+
+    Installing their configuration without their packages and services would leave Dovecot unable to
+    start (Sieve), a milter nobody answers (rspamd) or no certificate (ACME): refused before any host
+    changes, naming the field. See docs/spec.md.
+    """
+    unsupported = (
+        ("sieve.enabled", spec.sieve.enabled, "Pigeonhole (Sieve, ManageSieve)"),
+        ("antispam.enabled", spec.antispam.enabled, "rspamd"),
+        ("tls.mode", spec.tls.mode == "acme", "certbot and nginx (ACME)"),
+    )
+    for field_name, used, what in unsupported:
+        if used:
+            raise SpecError(
+                field_name,
+                f"apply does not install {what} on hosts yet; `mailprov render` shows and checks the"
+                " configuration, and `mailprov verify` checks a server that has it. Expected: turn it off to"
+                " apply this spec",
+            )
 #: Greeting kind of each port for the post-activation probe.
 PORT_KINDS = {25: "smtp", 587: "smtp", 465: "tls", 143: "imap", 993: "tls", 110: "pop3", 995: "tls"}
 #: What the SELinux tasks need (semanage and its Python bindings); restorecon comes with the base system.
@@ -109,6 +131,7 @@ def plan(
     Key material travels as a path on the control machine and a digest (to tell whether the host's copy is
     current), never as content.
     """
+    check_applicable(spec)
     server = hostname or spec.hostname
     backup = server != spec.hostname
     entries = []

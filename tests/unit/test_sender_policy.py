@@ -121,3 +121,41 @@ def test_send_as_grants_are_checked(grant: str) -> None:
     with pytest.raises(SpecError) as info:
         spec.loads(text)
     assert info.value.field.startswith("domains[0].mailboxes[0].send_as")
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("sieve: {enabled: true}\n", "sieve.enabled"),
+        ("antispam: {enabled: true}\n", "antispam.enabled"),
+        ("tls: {mode: acme, email: hostmaster@x.test}\n", "tls.mode"),
+    ],
+)
+def test_apply_refuses_features_it_cannot_install_yet(extra: str, field: str, tmp_path: Path) -> None:
+    """Render supports them; apply refuses them (exit 2, the field named) before any host changes."""
+    import subprocess
+    import sys
+
+    from provisioner import apply as apply_mod
+
+    text = (
+        "hostname: mail.x.test\ndomains:\n  - name: x.test\n    mailboxes:\n"
+        f'      - address: a@x.test\n        password_hash: "{HASH}"\n' + extra
+    )
+    model = spec.loads(text)
+    render.render(model, profiles.get("debian12"))  # render is fine
+    with pytest.raises(SpecError) as info:
+        apply_mod.plan(model, profiles.get("debian12"), render.render(model, profiles.get("debian12")))
+    assert info.value.field == field and "apply does not install" in info.value.message
+    spec_file = tmp_path / "mail.yml"
+    spec_file.write_text(text)
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("mail.x.test ansible_host=127.0.0.1 ansible_port=9\n")  # never reached
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner", "apply", str(spec_file), "-i", str(inventory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert field in proc.stderr and "Traceback" not in proc.stderr
