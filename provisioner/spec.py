@@ -905,14 +905,11 @@ class Spec(_Strict):
     def mta_sts_served(self) -> bool:
         """Whether this server serves the MTA-STS policy (nginx, HTTPS) and `_mta-sts` is published.
 
-        acme: always (the certificate covers the mta-sts names). files: only when the given certificate
-        covers every mta-sts name. self-signed: never (senders could not verify the policy host).
+        Only with tls.mode acme, whose certificate covers the mta-sts names. (Serving it with a `files`
+        certificate that covers them needs apply to install nginx for files mode too: not yet. A
+        self-signed certificate never: senders could not verify the policy host.)
         """
-        if self.tls.mode == "acme":
-            return True
-        if self.tls.mode == "files" and self.tls.pair is not None:
-            return all(_covered(name, self.tls.pair.names) for name in self.mta_sts_names)
-        return False
+        return self.tls.mode == "acme"
 
     @property
     def mta_sts_policy(self) -> str:
@@ -1026,12 +1023,6 @@ class Spec(_Strict):
         if not self.relay_host.mx_lookup:
             host = f"[{host}]"
         return f"{host}:{self.relay_host.port}"
-
-
-def _covered(name: str, cert_names: tuple[str, ...]) -> bool:
-    """Whether a certificate's DNS names cover `name` (exactly, or by a one-label wildcard)."""
-    parent = name.split(".", 1)[1] if "." in name else ""
-    return any(n.lower() == name or (n.lower() == f"*.{parent}" and parent) for n in cert_names)
 
 
 #: Where the Sieve scripts from the spec live on the host (compiled there by apply).
