@@ -45,7 +45,6 @@ for _module in (core_cmds, lab_cmds, apply_cmds, verify_cmds):
 def main() -> None:
     """Console-script entry point: usage errors are one line on stderr and exit 2, like every other refusal."""
     import sys
-
     from typing import Any
 
     click_exceptions: Any
