@@ -72,6 +72,8 @@ def check_applicable(spec: Spec) -> None:
                 " configuration, and `mailprov verify` checks a server that has it. Expected: turn it off to"
                 " apply this spec",
             )
+
+
 #: Greeting kind of each port for the post-activation probe.
 PORT_KINDS = {25: "smtp", 587: "smtp", 465: "tls", 143: "imap", 993: "tls", 110: "pop3", 995: "tls"}
 #: What the SELinux tasks need (semanage and its Python bindings); restorecon comes with the base system.

@@ -153,6 +153,7 @@ def context(spec: Spec, profile: Profile) -> dict[str, object]:
         if spec.relay_host is not None and spec.relay_host.ca_pem is not None
         else profile.ca_bundle,
         **_milters(spec),
+        "tables": spec.tables(),
         "tls_deploy": tls_deploy_config(spec, profile),
         "web_listen": _web_listen(spec),
     }
@@ -292,7 +293,7 @@ def render(spec: Spec, profile: Profile) -> dict[str, str]:
             except jinja2.TemplateError as exc:
                 raise RenderError(f"template {name}: {exc}") from exc
         out.update(_mailbox_sieve_scripts(spec))
-        renderguard.check_rendered(out, spec, profile)
+        renderguard.check_rendered(out, spec, profile, ctx["tables"])  # type: ignore[arg-type]
     return out
 
 

@@ -717,6 +717,15 @@ class DNSPolicy(_Strict):
 
 
 @dataclass(frozen=True)
+class Tables:
+    """The lookup tables derived from a spec, computed together once (Spec.tables())."""
+
+    alias_entries: list[AliasEntry]
+    sender_owners: dict[str, list[str]]
+    own_senders: list[str]
+
+
+@dataclass(frozen=True)
 class AliasEntry:
     """One line of the Postfix virtual alias table."""
 
@@ -847,33 +856,34 @@ class Spec(_Strict):
         send_as grants (addresses or @domain). Catch-alls grant nothing. Postfix strips +tags before the
         lookup, so alice may also send as alice+news.
         """
-        owners: dict[str, list[str]] = {}
+        return self.tables().sender_owners
 
-        def grant(sender: str, login: str) -> None:
-            logins = owners.setdefault(sender, [])
-            if login not in logins:
-                logins.append(login)
-
-        for box in self.mailboxes:
-            grant(box.address, box.address)
-        mailboxes = {box.address for box in self.mailboxes}
-        aliases = {entry.key: entry.targets for entry in self.alias_entries if not entry.key.startswith("@")}
+    def tables(self) -> Tables:
+        """The derived tables, each computed once (render and its guard read them from here)."""
+        entries = self.alias_entries
+        mailbox_list = self.mailboxes
+        owners: dict[str, list[str]] = {box.address: [box.address] for box in mailbox_list}
+        mailboxes = set(owners)
+        aliases = {entry.key: entry.targets for entry in entries if not entry.key.startswith("@")}
         for key in aliases:
-            for login in _reachable_mailboxes(key, aliases, mailboxes):
-                grant(key, login)
-        for box in self.mailboxes:
+            reached = _reachable_mailboxes(key, aliases, mailboxes)
+            if reached:  # an alias that only forwards outside is owned by nobody here
+                logins = owners.setdefault(key, [])
+                logins.extend(login for login in reached if login not in logins)
+        for box in mailbox_list:
             for sender in box.send_as:
-                grant(sender, box.address)
-        return owners
+                logins = owners.setdefault(sender, [])
+                if box.address not in logins:
+                    logins.append(box.address)
+        own: list[str] = []
+        if self.inbound.reject_own_senders:
+            own = list(dict.fromkeys([*(box.address for box in mailbox_list), *aliases]))
+        return Tables(entries, owners, own)
 
     @property
     def own_senders(self) -> list[str]:
         """Addresses refused as envelope sender from outside on port 25 (mailboxes and aliases)."""
-        if not self.inbound.reject_own_senders:
-            return []
-        seen = dict.fromkeys(box.address for box in self.mailboxes)
-        seen.update(dict.fromkeys(e.key for e in self.alias_entries if not e.key.startswith("@")))
-        return list(seen)
+        return self.tables().own_senders
 
     @property
     def own_helo_names(self) -> list[str]:
